@@ -1,0 +1,272 @@
+"""The ``vidface`` command line: a thin typer layer over the library.
+
+Every user error becomes one line on stderr and a distinct exit code (see
+:mod:`vidface.errors`); Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import InputError, VidfaceError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find, track and name faces in videos.")
+gallery_app = typer.Typer(no_args_is_help=True, help="Build and inspect galleries (one folder of photos per person).")
+app.add_typer(gallery_app, name="gallery")
+out = Console()
+err = Console(stderr=True)
+
+DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
+DetectorOption = typer.Option(None, "--detector", help="detector weights (.safetensors); default weights/yolov8n-face")
+EmbedderOption = typer.Option(None, "--embedder", help="embedder weights (.safetensors + .json); default weights/effb0-arcface")
+
+
+def _settings(**values):
+    from .pipeline import AnnotateSettings
+
+    values = {k: v for k, v in values.items() if v is not None}
+    return AnnotateSettings(**values)
+
+
+def _load_gallery(folder: Optional[Path], models, quiet: bool = False):
+    if folder is None:
+        return None
+    from .gallery import build_gallery
+
+    gallery = build_gallery(folder, models.detector, models.embedder)
+    if not quiet:
+        for photo in gallery.problems:
+            err.print(f"[yellow]gallery: skipped {photo.path} ({photo.status})[/yellow]")
+    return gallery
+
+
+def print_summary(summary: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for column in ("who", "tracks", "from", "to", "on screen", "mean similarity"):
+        table.add_column(column, justify="left" if column == "who" else "right")
+    for row in summary:
+        similarity = "-" if row["mean_similarity"] is None else f"{row['mean_similarity']:.2f}"
+        table.add_row(row["identity"], str(row["tracks"]), f"{row['from_s']:.2f}s", f"{row['to_s']:.2f}s",
+                      f"{row['seconds']:.2f}s", similarity)
+    if not summary:
+        table.add_row("(nobody)", "0", "-", "-", "-", "-")
+    out.print(table)
+
+
+@app.command()
+def annotate(
+    input: Path = typer.Argument(..., help="video file"),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help="gallery folder (one sub-folder per person)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="annotated video (default INPUT.vidface.mp4)"),
+    log: Optional[Path] = typer.Option(None, "--log", help="JSON track log (default INPUT.vidface.json)"),
+    device: str = DeviceOption,
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="frames per detector batch"),
+    imgsz: int = typer.Option(640, "--imgsz", min=32, help="detector input size (long side, px)"),
+    det_conf: float = typer.Option(0.5, "--det-conf", min=0.0, max=1.0, help="minimum face score"),
+    match_threshold: Optional[float] = typer.Option(None, "--match-threshold", min=-1.0, max=1.0,
+                                                    help="cosine similarity to name a face (default: the embedder's)"),
+    frame_skip: int = typer.Option(0, "--frame-skip", min=0, help="detect every N+1-th frame, carry tracks between"),
+    no_video: bool = typer.Option(False, "--no-video", help="write only the JSON log"),
+    landmarks: bool = typer.Option(False, "--landmarks", help="also draw the five landmarks"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
+    detector: Optional[Path] = DetectorOption,
+    embedder: Optional[Path] = EmbedderOption,
+) -> None:
+    """Annotate a video: boxes, names and similarity drawn on it, plus a JSON track log."""
+    from tqdm import tqdm
+
+    from .pipeline import Models, annotate as run_annotate
+    from .io import probe_video
+
+    settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
+                         match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
+                         draw_landmarks=landmarks, detector=detector, embedder=embedder)
+    info = probe_video(input)
+    models = Models.load(settings)
+    known = _load_gallery(gallery, models, quiet)
+    bar = tqdm(total=info.frames or None, unit="frame", desc=input.name, disable=quiet, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        result = run_annotate(input, known, output, log, settings, models, overwrite, progress, gallery)
+    finally:
+        bar.close()
+    if result.truncated:
+        err.print(f"[yellow]warning: {input} is truncated or damaged; annotated the {result.frames} frames "
+                  f"that could be decoded ({result.warning})[/yellow]")
+    if not quiet:
+        print_summary(result.summary, f"{input.name}: {result.frames} frames in {result.seconds:.1f}s "
+                                      f"({result.frames / max(result.seconds, 1e-9):.1f} frames/s)")
+        if result.video_path:
+            out.print(f"video: {result.video_path}")
+        out.print(f"log:   {result.log_path}")
+
+
+@gallery_app.command("build")
+def gallery_build(
+    folder: Path = typer.Argument(..., help="gallery folder"),
+    device: str = DeviceOption,
+    detector: Optional[Path] = DetectorOption,
+    embedder: Optional[Path] = EmbedderOption,
+) -> None:
+    """Embed every gallery photo now (cached; later runs reuse it)."""
+    from .pipeline import Models
+
+    models = Models.load(_settings(device=device, detector=detector, embedder=embedder))
+    gallery = _load_gallery(folder, models)
+    out.print(f"gallery {folder}: {len(gallery.names)} people, {len(gallery.embeddings)} usable photos, "
+              f"{len(gallery.problems)} skipped")
+
+
+@gallery_app.command("show")
+def gallery_show(
+    folder: Path = typer.Argument(..., help="gallery folder"),
+    device: str = DeviceOption,
+    detector: Optional[Path] = DetectorOption,
+    embedder: Optional[Path] = EmbedderOption,
+) -> None:
+    """List people, photo counts and problem photos."""
+    from .gallery import build_gallery
+    from .pipeline import Models
+
+    models = Models.load(_settings(device=device, detector=detector, embedder=embedder))
+    gallery = build_gallery(folder, models.detector, models.embedder, strict=False)
+    table = Table(title=f"gallery {folder}")
+    for column in ("person", "photos", "usable", "problems"):
+        table.add_column(column)
+    by_person: dict[str, list] = {}
+    for photo in gallery.photos:
+        by_person.setdefault(photo.person, []).append(photo)
+    for person, photos in by_person.items():
+        problems = ", ".join(f"{p.path.name} ({p.status})" for p in photos if p.status != "ok")
+        usable = sum(p.status == "ok" for p in photos)
+        table.add_row(person, str(len(photos)), str(usable) if usable else "[red]0[/red]", problems or "-")
+    out.print(table)
+
+
+def _read_image(path: Path):
+    import cv2
+
+    if not path.is_file():
+        raise InputError(f"image not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"not a readable image: {path}")
+    return image
+
+
+@app.command()
+def detect(
+    photo: Path = typer.Argument(..., help="photo"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="annotated photo (default PHOTO.vidface.jpg)"),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help="name the faces from this gallery"),
+    device: str = DeviceOption,
+    det_conf: float = typer.Option(0.5, "--det-conf", min=0.0, max=1.0),
+    match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    detector: Optional[Path] = DetectorOption,
+    embedder: Optional[Path] = EmbedderOption,
+) -> None:
+    """Detect faces in a photo: draws boxes, landmarks and names, prints them as JSON."""
+    from .photo import annotate_photo, write_image_atomic
+    from .pipeline import Models, check_output
+
+    image = _read_image(photo)
+    output = output or photo.with_name(photo.stem + ".vidface" + (photo.suffix or ".jpg"))
+    check_output(output, photo, overwrite)
+    settings = _settings(device=device, det_conf=det_conf, match_threshold=match_threshold,
+                         detector=detector, embedder=embedder)
+    models = Models.load(settings)
+    known = _load_gallery(gallery, models)
+    faces, drawn = annotate_photo(image, models, known, models.threshold(settings))
+    write_image_atomic(drawn, output)
+    out.print_json(json.dumps({"photo": str(photo), "output": str(output), "faces": faces}))
+
+
+@app.command()
+def embed(
+    image: Path = typer.Argument(..., help="aligned 112x112 crop, or a photo (its largest face is used)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="save the vector (.npy or .json)"),
+    device: str = DeviceOption,
+    detector: Optional[Path] = DetectorOption,
+    embedder: Optional[Path] = EmbedderOption,
+) -> None:
+    """Print (or save) the face embedding of a crop or of a photo's largest face."""
+    from .photo import embed_image, save_vector
+    from .pipeline import Models
+
+    picture = _read_image(image)
+    models = Models.load(_settings(device=device, detector=detector, embedder=embedder))
+    vector = embed_image(picture, models)
+    if output is None:
+        out.print(json.dumps([round(float(v), 6) for v in vector]))
+        return
+    save_vector(vector, output)
+    out.print(f"saved {len(vector)}-d embedding to {output}")
+
+
+@app.command()
+def bench(
+    input: Path = typer.Argument(..., help="video file"),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g"),
+    device: str = DeviceOption,
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    imgsz: int = typer.Option(640, "--imgsz", min=32),
+    frame_skip: int = typer.Option(0, "--frame-skip", min=0),
+    detector: Optional[Path] = DetectorOption,
+    embedder: Optional[Path] = EmbedderOption,
+) -> None:
+    """Per-stage throughput (decode, detect, align+embed, track+draw, encode) and end-to-end frames/s."""
+    from .bench import run_bench
+
+    settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, frame_skip=frame_skip,
+                         detector=detector, embedder=embedder)
+    report = run_bench(input, gallery, settings)
+    table = Table(title=f"vidface bench: {input.name} ({report['frames']} frames, device {report['device']})")
+    for column in ("stage", "seconds", "frames/s"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage, seconds, fps in report["rows"]:
+        table.add_row(stage, f"{seconds:.2f}", f"{fps:.1f}")
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point: runs the typer app, turning user errors into one line and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except VidfaceError as error:
+        err.print(f"vidface: error: {error}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err.print("vidface: interrupted", highlight=False)
+        sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as error:  # click usage errors and the like
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        if isinstance(error, click.exceptions.Exit):
+            sys.exit(error.exit_code)
+        raise
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: bool = typer.Option(False, "--version", help="print the version and exit")) -> None:
+    if version:
+        out.print(f"vidface {__version__}")
+        raise typer.Exit()

@@ -1,0 +1,158 @@
+"""Face detection: YOLOv8n-pose with one class and five landmarks.
+
+The network is ultralytics' ``PoseModel``; vidface stores it as safetensors
+(weights plus the model YAML in the file's metadata), so loading runs no
+pickled code. Prediction is our own batched letterbox -> forward -> NMS ->
+un-letterbox loop, so many video frames go through the GPU at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import ModelError
+from .offline import ultralytics_offline
+from .structures import Detection
+
+FORMAT = "vidface-yolo-pose/1"
+STRIDE = 32
+#: A landmark whose predicted visibility is below this is treated as missing.
+LANDMARK_MIN_VISIBILITY = 0.3
+
+
+def save_detector(model: torch.nn.Module, path: Path, imgsz: int = 640, extra: dict | None = None) -> Path:
+    """Write an ultralytics ``PoseModel`` as fp16 safetensors with its YAML in the metadata."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous().cpu()
+             for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "yaml": json.dumps(model.yaml),
+        "kpt_shape": json.dumps(list(model.kpt_shape)),
+        "names": json.dumps({0: "face"}),
+        "imgsz": str(imgsz),
+    }
+    metadata.update({k: str(v) for k, v in (extra or {}).items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(state, str(temporary), metadata=metadata)
+    temporary.replace(path)
+    return path
+
+
+def load_pose_model(path: Path) -> tuple[torch.nn.Module, dict]:
+    """Build the network from the file's YAML and load its weights; returns ``(model, metadata)``."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"detector weights not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelError(f"detector weights {path} are not a readable safetensors file ({error})") from None
+    if metadata.get("format") != FORMAT:
+        raise ModelError(f"{path} is not a vidface detector (format {metadata.get('format')!r}, want {FORMAT!r})")
+    ultralytics_offline()
+    from ultralytics.nn.tasks import PoseModel
+
+    kpt_shape = tuple(json.loads(metadata["kpt_shape"]))
+    model = PoseModel(cfg=json.loads(metadata["yaml"]), nc=1, data_kpt_shape=kpt_shape, verbose=False)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as error:
+        raise ModelError(f"detector weights {path} do not fit the network in its metadata: {error}") from None
+    return model, metadata
+
+
+class FaceDetector:
+    """Finds faces and their five landmarks in batches of BGR images.
+
+    imgsz: the long side images are resized to before detection (pixels).
+    conf: minimum face score; iou: NMS overlap threshold.
+    """
+
+    def __init__(self, weights: Path, device: torch.device | str = "cpu", imgsz: int = 640,
+                 conf: float = 0.5, iou: float = 0.45, max_det: int = 300, half: bool | None = None):
+        model, self.metadata = load_pose_model(Path(weights))
+        self.device = torch.device(device)
+        self.half = (self.device.type == "cuda") if half is None else half
+        model = model.fuse().eval().to(self.device)
+        self.model = model.half() if self.half else model.float()
+        self.imgsz = int(math.ceil(imgsz / STRIDE) * STRIDE)
+        self.conf, self.iou, self.max_det = conf, iou, max_det
+        self.weights_path = Path(weights)
+
+    def _letterbox(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[float]]:
+        """Resize each image so its long side is ``imgsz`` and paste it top-left on one shared canvas."""
+        scales, resized = [], []
+        for image in images:
+            height, width = image.shape[:2]
+            scale = self.imgsz / max(height, width)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            resized.append(cv2.resize(image, size, interpolation=interpolation) if scale != 1 else image)
+            scales.append(scale)
+        canvas_h = max(r.shape[0] for r in resized)
+        canvas_w = max(r.shape[1] for r in resized)
+        canvas_h, canvas_w = (int(math.ceil(v / STRIDE) * STRIDE) for v in (canvas_h, canvas_w))
+        batch = np.full((len(images), canvas_h, canvas_w, 3), 114, np.uint8)
+        for slot, image in zip(batch, resized):
+            slot[: image.shape[0], : image.shape[1]] = image
+        batch = np.ascontiguousarray(batch[..., ::-1].transpose(0, 3, 1, 2))  # BGR HWC -> RGB CHW
+        tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        tensor = tensor.half() if self.half else tensor.float()
+        return tensor / 255.0, scales
+
+    @torch.inference_mode()
+    def __call__(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        """Detections for each image of ``images`` (BGR ``uint8 (H, W, 3)``), best first."""
+        if not images:
+            return []
+        from ultralytics.utils.nms import non_max_suppression
+
+        tensor, scales = self._letterbox(images)
+        prediction = self.model(tensor)
+        prediction = prediction[0] if isinstance(prediction, (list, tuple)) else prediction
+        kept = non_max_suppression(prediction.float(), self.conf, self.iou, nc=1, max_det=self.max_det)
+        results = []
+        for rows, scale, image in zip(kept, scales, images):
+            rows = rows.cpu().numpy()
+            height, width = image.shape[:2]
+            faces = []
+            for row in rows:
+                box = row[:4] / scale
+                box = np.clip(box, 0, [width, height, width, height]).astype(np.float32)
+                if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+                    continue
+                points = row[6:].reshape(-1, 3)
+                landmarks = None
+                if len(points) == 5 and (points[:, 2] >= LANDMARK_MIN_VISIBILITY).all():
+                    landmarks = (points[:, :2] / scale).astype(np.float32)
+                faces.append(Detection(box=box, score=float(row[4]), landmarks=landmarks))
+            results.append(faces)
+        return results
+
+
+def export_checkpoint(checkpoint: Path, destination: Path, imgsz: int = 640, extra: dict | None = None) -> Path:
+    """Convert a checkpoint that ``vidface train detector`` wrote (ultralytics format) to vidface's safetensors.
+
+    Only for checkpoints this project trained itself: ultralytics' format is a pickle.
+    """
+    ultralytics_offline()
+    from ultralytics import YOLO
+
+    model = YOLO(str(checkpoint)).model
+    if getattr(model, "kpt_shape", None) != [5, 3] and tuple(getattr(model, "kpt_shape", ())) != (5, 3):
+        raise ModelError(f"{checkpoint} is not a 5-landmark face model (kpt_shape {getattr(model, 'kpt_shape', None)})")
+    return save_detector(model.float(), destination, imgsz=imgsz, extra=extra)

@@ -1,0 +1,1 @@
+"""Evaluation of vidface's models on public benchmarks (WIDER FACE, LFW, videofaceid)."""

@@ -1,0 +1,381 @@
+"""Video in and out: threaded decoding, annotated encoding with the audio kept.
+
+Decoding runs in a background thread that fills a bounded queue, so the
+detector never waits on the decoder and memory stays bounded however long
+the video is. PyAV is used first (real timestamps, rotation metadata); the
+``cv2.VideoCapture`` fallback covers sources PyAV cannot open (cameras).
+Encoding goes through ``cv2.VideoWriter`` into a hidden temporary file; the
+original audio is then remuxed beside it with PyAV and the result renamed
+to the final name, so a killed run never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from .errors import InputError, OutputError
+from .structures import Frame
+
+_END = object()
+
+
+@dataclass
+class VideoInfo:
+    """What is known of a video before decoding it.
+
+    width, height: pixels of the upright (rotation-corrected) frames.
+    fps: average frame rate; frames: frame count from the container (0 when
+    unknown); duration_s: seconds; rotation: degrees of the display matrix.
+    """
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    frames: int
+    duration_s: float
+    rotation: int = 0
+    has_audio: bool = False
+    codec: str = ""
+
+    def as_log(self) -> dict:
+        return {"path": self.path, "width": self.width, "height": self.height, "fps": round(self.fps, 4),
+                "frames": self.frames, "duration_s": round(self.duration_s, 4)}
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    if path.is_dir():
+        raise InputError(f"input is a folder, not a video: {path}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"input is not readable: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"input is empty (0 bytes): {path}")
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Open ``path`` and read its video stream's properties; :class:`InputError` if it is not a video."""
+    import av
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"no video stream in {path}")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or Fraction(30)
+            fps = float(rate) if rate else 30.0
+            duration = 0.0
+            if stream.duration and stream.time_base:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration:
+                duration = container.duration / 1e6
+            frames = int(stream.frames or round(duration * fps))
+            width, height = stream.codec_context.width, stream.codec_context.height
+            rotation = 0
+            try:
+                first = next(container.decode(stream))
+                rotation = int(round(getattr(first, "rotation", 0) or 0)) % 360
+                width, height = first.width, first.height
+            except StopIteration:
+                raise InputError(f"video has no decodable frame: {path}") from None
+            except av.error.FFmpegError as error:
+                raise InputError(f"cannot decode {path}: {error}") from None
+            if rotation in (90, 270):
+                width, height = height, width
+            return VideoInfo(str(path), width, height, fps, frames, duration, rotation,
+                             bool(container.streams.audio), stream.codec_context.name)
+    except av.error.FFmpegError as error:
+        raise InputError(f"not a readable video: {path} ({error.strerror or error})") from None
+
+
+def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a display-matrix rotation (degrees counter-clockwise, as FFmpeg reports it)."""
+    if rotation == 90:
+        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    if rotation == 180:
+        return cv2.rotate(image, cv2.ROTATE_180)
+    if rotation == 270:
+        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    return image
+
+
+class VideoReader:
+    """Iterates :class:`Frame` objects decoded in a background thread.
+
+    source: a file path, a URL, or an ``int`` camera index (cv2 only).
+    queue_size: frames decoded ahead; bounds memory.
+    latest_only: keep only the newest frame (live use: stale frames are
+        dropped, never queued); with a file, frames are also paced at the
+        file's frame rate, as a camera would deliver them.
+    After iteration, ``truncated`` says whether decoding stopped on an error
+    (``error`` says which) and ``frames_read`` how many frames came out.
+    """
+
+    def __init__(self, source: Path | str | int, queue_size: int = 16, backend: str = "auto",
+                 latest_only: bool = False):
+        self.source = source
+        self.latest_only = latest_only
+        self._queue: queue.Queue = queue.Queue(maxsize=1 if latest_only else max(1, queue_size))
+        self._stop = threading.Event()
+        self.truncated = False
+        self.error: str | None = None
+        self.frames_read = 0
+        self.frames_dropped = 0
+        self.backend = backend
+        self.info: VideoInfo | None = None
+        if isinstance(source, int) or backend == "cv2":
+            self._capture = self._open_cv2(source)
+            self.backend = "cv2"
+        else:
+            path = Path(source)
+            if path.exists() or backend == "pyav":
+                self.info = probe_video(path)
+            self.backend = "pyav"
+        self._thread = threading.Thread(target=self._run, name="vidface-decode", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _open_cv2(source) -> cv2.VideoCapture:
+        capture = cv2.VideoCapture(source)
+        if not capture.isOpened():
+            what = f"camera {source}" if isinstance(source, int) else str(source)
+            raise InputError(f"cannot open {what}")
+        return capture
+
+    def _put(self, item) -> bool:
+        if self.latest_only and item is not _END:
+            try:
+                self._queue.get_nowait()
+                self.frames_dropped += 1
+            except queue.Empty:
+                pass
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _pace(self, started: float, time_s: float) -> None:
+        if self.latest_only and not isinstance(self.source, int):
+            delay = started + time_s - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+
+    def _run(self) -> None:
+        try:
+            if self.backend == "cv2":
+                self._run_cv2()
+            else:
+                self._run_pyav()
+        except Exception as error:  # surfaced to the consumer, never lost in the thread
+            self.truncated, self.error = True, str(error) or type(error).__name__
+        finally:
+            self._put(_END)
+
+    def _run_pyav(self) -> None:
+        import av
+
+        rotation = self.info.rotation if self.info else 0
+        started = time.monotonic()
+        with av.open(str(self.source)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
+            fps = self.info.fps if self.info else 30.0
+            try:
+                for frame in container.decode(stream):
+                    if self._stop.is_set():
+                        return
+                    seconds = frame.time
+                    if origin is None:
+                        origin = seconds or 0.0
+                    time_s = (seconds - origin) if seconds is not None else self.frames_read / fps
+                    image = _upright(frame.to_ndarray(format="bgr24"), rotation)
+                    self._pace(started, time_s)
+                    if not self._put(Frame(image, self.frames_read, max(0.0, time_s))):
+                        return
+                    self.frames_read += 1
+            except av.error.FFmpegError as error:
+                self.truncated, self.error = True, f"decoding stopped after frame {self.frames_read}: {error}"
+        if self.info and self.info.frames and self.frames_read < 0.98 * self.info.frames - 1 and not self.truncated:
+            self.truncated = True
+            self.error = f"only {self.frames_read} of {self.info.frames} frames could be decoded"
+
+    def _run_cv2(self) -> None:
+        capture = self._capture
+        fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+        started = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                ok, image = capture.read()
+                if not ok:
+                    break
+                position = capture.get(cv2.CAP_PROP_POS_MSEC)
+                time_s = position / 1000 if position and position > 0 else self.frames_read / fps
+                if isinstance(self.source, int):
+                    time_s = time.monotonic() - started
+                self._pace(started, time_s)
+                if not self._put(Frame(image, self.frames_read, time_s)):
+                    return
+                self.frames_read += 1
+        finally:
+            capture.release()
+
+    def __iter__(self) -> Iterator[Frame]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
+    """A hidden name beside ``path`` for writing before the final rename."""
+    return path.with_name(f".{path.stem}.vidface-{tag}-{os.getpid()}{path.suffix}")
+
+
+class AnnotatedVideoWriter:
+    """Writes frames with ``cv2.VideoWriter`` to a hidden file; :meth:`finish` adds the audio and renames."""
+
+    def __init__(self, path: Path, fps: float, width: int, height: int, fourcc: str = "mp4v"):
+        self.path = Path(path)
+        self.fps, self.size = fps, (width, height)
+        self._video_only = temporary_sibling(self.path, "video")
+        self._writer = cv2.VideoWriter(str(self._video_only), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+        if not self._writer.isOpened():
+            self._video_only.unlink(missing_ok=True)
+            raise OutputError(f"cannot write video to {self.path.parent} (codec {fourcc})")
+        self.frames_written = 0
+
+    def write(self, image: np.ndarray) -> None:
+        if image.shape[1::-1] != self.size:
+            image = cv2.resize(image, self.size)
+        self._writer.write(image)
+        self.frames_written += 1
+
+    def finish(self, audio_source: Path | None = None) -> Path:
+        """Close the video, mux in ``audio_source``'s first audio stream, and rename into place."""
+        self._writer.release()
+        muxed = temporary_sibling(self.path, "mux")
+        try:
+            if audio_source is not None and mux_audio(self._video_only, Path(audio_source), muxed):
+                os.replace(muxed, self.path)
+                self._video_only.unlink(missing_ok=True)
+            else:
+                os.replace(self._video_only, self.path)
+        finally:
+            muxed.unlink(missing_ok=True)
+        return self.path
+
+    def abort(self) -> None:
+        self._writer.release()
+        self._video_only.unlink(missing_ok=True)
+        temporary_sibling(self.path, "mux").unlink(missing_ok=True)
+
+
+def _packets_by_time(container, stream, shift_s: float = 0.0) -> Iterator[tuple[float, int, object]]:
+    """Packets of ``stream`` with their time in seconds, delayed by ``shift_s``."""
+    shift = int(round(shift_s / stream.time_base)) if shift_s else 0
+    for order, packet in enumerate(container.demux(stream)):
+        if packet.dts is None:
+            continue
+        if shift:
+            packet.dts += shift
+            if packet.pts is not None:
+                packet.pts += shift
+        yield float(packet.dts * packet.time_base), order, packet
+
+
+def _start_s(stream) -> float:
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+
+
+def mux_audio(video_only: Path, audio_source: Path, output: Path) -> bool:
+    """Copy ``video_only``'s video and ``audio_source``'s first audio stream into ``output``.
+
+    Packets are interleaved by time, so memory stays small. Audio the
+    output container cannot hold as is gets re-encoded to AAC. Returns
+    ``False`` when the source has no audio.
+    """
+    import av
+
+    with av.open(str(audio_source)) as audio_in:
+        if not audio_in.streams.audio:
+            return False
+    try:
+        _mux(video_only, audio_source, output, transcode=False)
+    except (av.error.FFmpegError, ValueError):
+        output.unlink(missing_ok=True)
+        _mux(video_only, audio_source, output, transcode=True)
+    return True
+
+
+def _mux(video_only: Path, audio_source: Path, output: Path, transcode: bool) -> None:
+    import av
+
+    with av.open(str(video_only)) as video_in, av.open(str(audio_source)) as audio_in, \
+            av.open(str(output), "w", format=_container_format(output)) as out:
+        video_stream_in = video_in.streams.video[0]
+        audio_stream_in = audio_in.streams.audio[0]
+        video_stream = out.add_stream_from_template(video_stream_in)
+        if transcode:
+            audio_stream = out.add_stream("aac", rate=audio_stream_in.codec_context.sample_rate or 48000)
+        else:
+            audio_stream = out.add_stream_from_template(audio_stream_in)
+        # The re-encoded video starts at 0 and the audio keeps its timestamps: delay the video by the
+        # source video's start so the two stay in sync.
+        video_start = _start_s(audio_in.streams.video[0]) if audio_in.streams.video else 0.0
+        merged = heapq.merge(
+            ((t, 0, o, p) for t, o, p in _packets_by_time(video_in, video_stream_in, max(video_start, 0.0))),
+            ((t, 1, o, p) for t, o, p in _packets_by_time(audio_in, audio_stream_in)),
+        )
+        for _, kind, _, packet in merged:
+            if kind == 0:
+                packet.stream = video_stream
+                out.mux(packet)
+            elif transcode:
+                for frame in packet.decode():
+                    frame.pts = None
+                    for encoded in audio_stream.encode(frame):
+                        out.mux(encoded)
+            else:
+                packet.stream = audio_stream
+                out.mux(packet)
+        if transcode:
+            for encoded in audio_stream.encode(None):
+                out.mux(encoded)
+
+
+def _container_format(path: Path) -> str:
+    return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}.get(path.suffix.lower(), "mp4")

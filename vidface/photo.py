@@ -1,0 +1,82 @@
+"""Single photos: detect and name faces, or embed one face (``vidface detect`` / ``vidface embed``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .align import ALIGNED_SIZE, align_face
+from .draw import draw_faces
+from .errors import InputError, OutputError
+from .gallery import largest_face
+from .structures import Face
+
+
+def annotate_photo(image: np.ndarray, models, gallery, threshold: float) -> tuple[list[dict], np.ndarray]:
+    """Faces of ``image`` as JSON-ready dicts, and a copy of the image with them drawn."""
+    detections = models.detector([image])[0]
+    faces = [Face(d) for d in detections]
+    crops = [align_face(image, d.landmarks, d.box) for d in detections]
+    embeddings = models.embedder(crops)
+    matches = gallery.match(embeddings, threshold) if gallery is not None and len(crops) else [None] * len(faces)
+    records = []
+    for face, match in zip(faces, matches):
+        face.match = match
+        face.label = match.identity if match else None
+        face.label_similarity = match.similarity if match else 0.0
+        face.display_id = face.label or "unknown"
+        detection = face.detection
+        records.append({
+            "box": [round(float(v), 1) for v in detection.box],
+            "score": round(detection.score, 4),
+            "landmarks": None if detection.landmarks is None else detection.landmarks.round(1).tolist(),
+            "identity": face.label,
+            "similarity": None if match is None else round(match.similarity, 4),
+        })
+    drawn = draw_faces(image.copy(), faces, landmarks=True)
+    return records, drawn
+
+
+def embed_image(image: np.ndarray, models) -> np.ndarray:
+    """Embedding of an aligned 112x112 crop as is, or of the largest face of a photo."""
+    if image.shape[:2] == (ALIGNED_SIZE, ALIGNED_SIZE):
+        return models.embedder([image])[0]
+    face = largest_face(models.detector([image])[0])
+    if face is None:
+        raise InputError("no face found in the image")
+    return models.embedder([align_face(image, face.landmarks, face.box)])[0]
+
+
+def _atomic(path: Path, write) -> Path:
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent or ".")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_image_atomic(image: np.ndarray, path: Path) -> Path:
+    def write(temporary: str) -> None:
+        if not cv2.imwrite(temporary, image):
+            raise OutputError(f"cannot write image {path} (unknown extension?)")
+
+    return _atomic(path, write)
+
+
+def save_vector(vector: np.ndarray, path: Path) -> Path:
+    """Save as ``.npy`` (no pickle) or ``.json``."""
+    if path.suffix.lower() == ".json":
+        return _atomic(path, lambda t: Path(t).write_text(json.dumps([float(v) for v in vector])))
+    if path.suffix.lower() == ".npy":
+        return _atomic(path, lambda t: np.save(t, np.asarray(vector, np.float32), allow_pickle=False))
+    raise OutputError(f"--output must end in .npy or .json: {path}")

@@ -1,0 +1,102 @@
+"""Plain records that flow between pipeline stages.
+
+Coordinates are always in pixels of the decoded (rotation-corrected) input
+frame, x to the right and y downwards; boxes are ``[x1, y1, x2, y2]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    """One decoded video frame.
+
+    image: ``uint8`` array of shape ``(H, W, 3)``, BGR, already rotated upright.
+    index: 0-based position of the frame in decode order.
+    time_s: presentation time in seconds from the start of the stream.
+    """
+
+    image: np.ndarray
+    index: int
+    time_s: float
+
+
+@dataclass
+class Detection:
+    """One face found by the detector in one frame.
+
+    box: ``float32 (4,)`` ``[x1, y1, x2, y2]`` in pixels.
+    score: detector confidence in ``[0, 1]``.
+    landmarks: ``float32 (5, 2)`` pixel positions of left eye, right eye, nose,
+        left mouth corner, right mouth corner (left/right as seen in the image),
+        or ``None`` when the detector gave none.
+    """
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray | None = None
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.width) * max(0.0, self.height)
+
+
+@dataclass
+class Match:
+    """The gallery's answer for one embedding.
+
+    identity: best person's name, or ``None`` when below the match threshold.
+    similarity: cosine similarity to that best person, in ``[-1, 1]``.
+    best_name: best person's name regardless of the threshold (``None`` for an
+        empty gallery).
+    """
+
+    identity: str | None
+    similarity: float
+    best_name: str | None = None
+
+
+@dataclass
+class Face:
+    """A detection with what the later stages learned about it.
+
+    embedding: ``float32 (D,)`` L2-normalised, or ``None`` on frames where the
+        face was carried by the tracker instead of being embedded.
+    match: gallery match of this embedding (``None`` when not embedded).
+    track_id: integer id assigned by the tracker (``-1`` before tracking).
+    label: name shown for this face (track-level decision), ``None`` if unknown.
+    display_id: ``label`` or a stable ``unknown-N`` name.
+    """
+
+    detection: Detection
+    embedding: np.ndarray | None = None
+    match: Match | None = None
+    track_id: int = -1
+    label: str | None = None
+    display_id: str = ""
+    label_similarity: float = 0.0
+
+
+@dataclass
+class FrameResult:
+    """Everything known about one frame after tracking.
+
+    detected: ``True`` when the detector ran on this frame, ``False`` when the
+        faces were carried over from earlier frames (``--frame-skip``).
+    """
+
+    frame: Frame
+    faces: list[Face] = field(default_factory=list)
+    detected: bool = True

@@ -1,0 +1,1 @@
+"""Training of vidface's own detector and embedder (data preparation included)."""

@@ -1,0 +1,92 @@
+"""dlib's ResNet face embedding (CC0), the distillation teacher and LFW baseline.
+
+dlib wants its own 150x150 chips cut from its 5-point shape predictor, not
+the ArcFace template: :meth:`DlibTeacher.embed_aligned` runs the predictor
+on an ArcFace-aligned 112x112 crop (enlarged 2x) and cuts the chip from it.
+Needs the optional packages ``dlib-bin`` and ``face-recognition-models``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import ModelError
+
+#: Where the face in an ArcFace 112x112 crop lies, as a box for dlib's predictor.
+_TEMPLATE_FACE_BOX = (18, 30, 94, 108)
+_UPSCALE = 2
+
+
+def _model_dir() -> Path:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the dlib teacher needs: pip install dlib-bin face-recognition-models")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+class DlibTeacher:
+    """128-d dlib face descriptors of aligned 112x112 BGR crops."""
+
+    name = "dlib-resnet"
+    dim = 128
+
+    def __init__(self, jitter: int = 0):
+        try:
+            import dlib
+        except ImportError as error:
+            raise ModelError("the dlib teacher needs: pip install dlib-bin face-recognition-models") from error
+        models = _model_dir()
+        self._dlib = dlib
+        self._predictor = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self._encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+        self.jitter = jitter
+
+    def chip(self, aligned_bgr: np.ndarray) -> np.ndarray:
+        """dlib's 150x150 RGB chip of an aligned crop."""
+        rgb = cv2.cvtColor(aligned_bgr, cv2.COLOR_BGR2RGB)
+        big = cv2.resize(rgb, None, fx=_UPSCALE, fy=_UPSCALE, interpolation=cv2.INTER_CUBIC)
+        x1, y1, x2, y2 = (v * _UPSCALE for v in _TEMPLATE_FACE_BOX)
+        shape = self._predictor(big, self._dlib.rectangle(x1, y1, x2, y2))
+        return self._dlib.get_face_chip(big, shape, size=150, padding=0.25)
+
+    def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
+        """``(N, 128)`` float32 L2-normalised descriptors of ``N`` aligned BGR crops."""
+        if not crops:
+            return np.zeros((0, self.dim), np.float32)
+        chips = [self.chip(crop) for crop in crops]
+        vectors = np.array(self._encoder.compute_face_descriptor(chips, self.jitter), dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+
+
+def teacher_cache(image_paths: list[Path], root: Path, cache_file: Path, teacher: DlibTeacher | None = None,
+                  batch: int = 64) -> tuple[list[str], np.ndarray]:
+    """Teacher embeddings of every image, computed once and kept in a pickle-free npz.
+
+    The cache is keyed by the list of relative paths; images already in a
+    previous cache are not recomputed.
+    """
+    names = [str(p.relative_to(root)) for p in image_paths]
+    known: dict[str, np.ndarray] = {}
+    if cache_file.exists():
+        with np.load(cache_file, allow_pickle=False) as cached:
+            known = dict(zip(cached["names"].tolist(), cached["embeddings"]))
+    missing = [(n, p) for n, p in zip(names, image_paths) if n not in known]
+    if missing:
+        teacher = teacher or DlibTeacher()
+        from tqdm import tqdm
+
+        for start in tqdm(range(0, len(missing), batch), desc="dlib teacher", unit="batch"):
+            chunk = missing[start : start + batch]
+            crops = [cv2.imread(str(p)) for _, p in chunk]
+            for (name, _), vector in zip(chunk, teacher.embed_aligned(crops)):
+                known[name] = vector
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_suffix(".tmp.npz")
+        all_names = sorted(known)
+        np.savez(temporary, names=np.array(all_names), embeddings=np.stack([known[n] for n in all_names]))
+        temporary.replace(cache_file)
+    return names, np.stack([known[n] for n in names])

@@ -1,0 +1,155 @@
+"""WIDER FACE -> ultralytics YOLO-pose data set with teacher landmarks.
+
+Human boxes are kept as they are; five landmarks come from a teacher detector
+matched to each box by IoU. A box with no confident teacher match keeps its
+box and gets landmarks marked not visible (``v = 0``), so it still teaches
+the box head but not the keypoint head. Boxes flagged ``invalid`` in WIDER are
+dropped. Only the training splits are read (``train-subset``, ``val-train``);
+``val-eval`` is never touched here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..datasets import WiderImage, box_iou, data_root, read_wider_gt, read_yolo_labelled
+
+#: Keypoint order flipped left<->right under a horizontal flip.
+FLIP_INDEX = [1, 0, 2, 4, 3]
+
+
+@dataclass
+class PoseLabel:
+    """Labels of one image: ``boxes (N, 4)`` xyxy px, ``landmarks (N, 5, 2)`` px, ``visible (N,)`` bool."""
+
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    visible: np.ndarray
+
+
+def training_images(root: Path | None = None) -> list[WiderImage]:
+    """The WIDER images we may train on: ``train-subset`` then ``val-train``."""
+    wider = (root or data_root()) / "widerface"
+    train = read_yolo_labelled(wider / "train-subset" / "images", wider / "train-subset" / "labels")
+    val_train = read_wider_gt(wider / "val-train" / "wider_face_bbx_gt.txt", wider / "val-train" / "images")
+    return train + val_train
+
+
+def label_image(image: np.ndarray, record: WiderImage, teacher, min_face: float, match_iou: float) -> PoseLabel:
+    keep = ~record.invalid
+    boxes = record.boxes[keep]
+    sizes = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    boxes = boxes[sizes >= min_face]
+    landmarks = np.zeros((len(boxes), 5, 2), np.float32)
+    visible = np.zeros(len(boxes), bool)
+    taught = teacher(image)
+    if len(boxes) and len(taught.boxes):
+        iou = box_iou(boxes, taught.boxes)
+        teacher_used = np.zeros(len(taught.boxes), bool)
+        # Greedy one-to-one matching, best pairs first.
+        for flat in np.argsort(-iou, axis=None):
+            truth_index, teacher_index = np.unravel_index(flat, iou.shape)
+            if iou[truth_index, teacher_index] < match_iou:
+                break
+            if visible[truth_index] or teacher_used[teacher_index]:
+                continue
+            landmarks[truth_index] = taught.landmarks[teacher_index]
+            visible[truth_index] = True
+            teacher_used[teacher_index] = True
+    return PoseLabel(boxes, landmarks, visible)
+
+
+def pose_label_lines(label: PoseLabel, width: int, height: int) -> list[str]:
+    """YOLO-pose rows ``0 cx cy w h (x y v)x5``, all normalised to ``[0, 1]``."""
+    lines = []
+    for box, points, visible in zip(label.boxes, label.landmarks, label.visible):
+        x1, y1, x2, y2 = np.clip(box, 0, [width, height, width, height])
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            continue
+        values = [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height]
+        inside = visible and (points[:, 0] >= 0).all() and (points[:, 0] < width).all()
+        inside = inside and (points[:, 1] >= 0).all() and (points[:, 1] < height).all()
+        for x, y in points:
+            values += [x / width, y / height, 2.0] if inside else [0.0, 0.0, 0.0]
+        lines.append("0 " + " ".join(f"{v:.6f}" for v in values))
+    return lines
+
+
+def build_pose_dataset(
+    out_dir: Path,
+    teacher,
+    holdout: int = 50,
+    min_face: float = 4.0,
+    match_iou: float = 0.5,
+    seed: int = 0,
+    root: Path | None = None,
+) -> Path:
+    """Write the data set under ``out_dir`` and return its ``data.yaml``.
+
+    holdout: images of ``val-train`` set aside as the trainer's own validation
+    split (for checkpoint selection); WIDER's ``val-eval`` stays untouched.
+    """
+    records = training_images(root)
+    val_train = [r for r in records if "/" in r.name]
+    random.Random(seed).shuffle(val_train)
+    held_out = {r.name for r in val_train[:holdout]}
+    stats = {"images": 0, "faces": 0, "faces_with_landmarks": 0}
+    for split in ("train", "val"):
+        (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for record in records:
+        image = cv2.imread(str(record.path))
+        if image is None:
+            continue
+        label = label_image(image, record, teacher, min_face, match_iou)
+        split = "val" if record.name in held_out else "train"
+        stem = record.name.replace("/", "__").rsplit(".", 1)[0]
+        link = out_dir / "images" / split / f"{stem}.jpg"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(record.path.resolve())
+        height, width = image.shape[:2]
+        lines = pose_label_lines(label, width, height)
+        (out_dir / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        stats["images"] += 1
+        stats["faces"] += len(lines)
+        stats["faces_with_landmarks"] += int(sum(1 for line in lines if not line.endswith(" 0.000000")))
+    yaml_path = out_dir / "data.yaml"
+    yaml_path.write_text(
+        f"path: {out_dir.resolve()}\ntrain: images/train\nval: images/val\n"
+        f"kpt_shape: [5, 3]\nflip_idx: {FLIP_INDEX}\nnames:\n  0: face\n"
+    )
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
+    return yaml_path
+
+
+def draw_label_preview(dataset_dir: Path, out_png: Path, count: int = 6, seed: int = 0) -> Path:
+    """Draw boxes and landmarks of a few labelled images into one PNG, to check the labels by eye."""
+    images = sorted((dataset_dir / "images" / "train").glob("*.jpg"))
+    chosen = random.Random(seed).sample(images, min(count, len(images)))
+    tiles = []
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 255, 255), (255, 0, 255)]
+    for image_path in chosen:
+        image = cv2.imread(str(image_path))
+        height, width = image.shape[:2]
+        label_path = dataset_dir / "labels" / "train" / (image_path.stem + ".txt")
+        for row in np.loadtxt(label_path, ndmin=2).reshape(-1, 20):
+            cx, cy, w, h = row[1] * width, row[2] * height, row[3] * width, row[4] * height
+            cv2.rectangle(image, (int(cx - w / 2), int(cy - h / 2)), (int(cx + w / 2), int(cy + h / 2)), (0, 255, 0), 1)
+            for index in range(5):
+                x, y, v = row[5 + 3 * index : 8 + 3 * index]
+                if v > 0:
+                    cv2.circle(image, (int(x * width), int(y * height)), 2, colours[index], -1)
+        tiles.append(cv2.resize(image, (640, 480)))
+    while len(tiles) % 2:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[i : i + 2]) for i in range(0, len(tiles), 2)]
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_png), np.vstack(rows))
+    return out_png
