@@ -245,24 +245,21 @@ def bench(
 def main() -> None:
     """Entry point: runs the typer app, turning user errors into one line and an exit code."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except VidfaceError as error:
         err.print(f"vidface: error: {error}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         err.print("vidface: interrupted", highlight=False)
         sys.exit(130)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as error:  # click usage errors and the like
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
+    except Exception as error:
+        # typer's usage errors (bad option values and the like) know how to show themselves
+        if callable(getattr(error, "show", None)) and isinstance(getattr(error, "exit_code", None), int):
             error.show()
             sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Exit):
-            sys.exit(error.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 @app.callback(invoke_without_command=True)

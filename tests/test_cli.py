@@ -1,0 +1,201 @@
+"""The command line on good and bad input: one clear line, a distinct exit code, nothing lost."""
+
+import json
+import os
+import subprocess
+import sys
+
+import av
+import pytest
+import torch
+
+from conftest import make_video
+from vidface.cli import main
+from vidface.errors import DeviceError, GalleryError, InputError, ModelError, OutputError
+
+
+def run_cli(capsys, *args):
+    sys.argv = ["vidface", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def models_args(random_models):
+    detector, embedder = random_models
+    return ["--detector", detector, "--embedder", embedder, "--device", "cpu", "--imgsz", "64", "--quiet"]
+
+
+def one_error_line(err):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_annotate_writes_video_and_log_beside_input(tmp_path, capsys, models_args):
+    video = make_video(tmp_path / "clip.mp4", frames=12, fps=10)
+    before = video.read_bytes()
+    code, out, err = run_cli(capsys, "annotate", video, *models_args)
+    assert code == 0, err
+    log = json.loads((tmp_path / "clip.vidface.json").read_text())
+    assert log["schema"] == 1
+    assert log["input"]["frames"] == 12 and log["input"]["width"] == 160
+    assert set(log) >= {"vidface_version", "input", "gallery", "settings", "tracks"}
+    assert log["settings"]["imgsz"] == 64
+    output = av.open(str(tmp_path / "clip.vidface.mp4"))
+    assert output.streams.video[0].frames == 12 and output.streams.audio
+    assert float(output.streams.video[0].average_rate) == pytest.approx(10)
+    assert video.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "clip.vidface.json", "clip.vidface.mp4"]
+
+
+def test_no_video_writes_only_the_log(tmp_path, capsys, models_args):
+    video = make_video(tmp_path / "clip.mp4", frames=5)
+    code, _, err = run_cli(capsys, "annotate", video, "--no-video", "--log", tmp_path / "out.json", *models_args)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "out.json"]
+
+
+def test_existing_output_needs_overwrite(tmp_path, capsys, models_args):
+    video = make_video(tmp_path / "clip.mp4", frames=4)
+    (tmp_path / "clip.vidface.json").write_text("keep me")
+    code, _, err = run_cli(capsys, "annotate", video, *models_args)
+    assert code == OutputError.exit_code and "--overwrite" in one_error_line(err)
+    assert (tmp_path / "clip.vidface.json").read_text() == "keep me"
+    code, _, err = run_cli(capsys, "annotate", video, "--overwrite", *models_args)
+    assert code == 0, err
+    assert json.loads((tmp_path / "clip.vidface.json").read_text())["schema"] == 1
+
+
+def test_output_may_not_be_the_input(tmp_path, capsys, models_args):
+    video = make_video(tmp_path / "clip.mp4", frames=4)
+    before = video.read_bytes()
+    code, _, err = run_cli(capsys, "annotate", video, "-o", video, "--overwrite", *models_args)
+    assert code == OutputError.exit_code and "input" in one_error_line(err)
+    assert video.read_bytes() == before
+
+
+def test_output_folder_missing(tmp_path, capsys, models_args):
+    video = make_video(tmp_path / "clip.mp4", frames=4)
+    code, _, err = run_cli(capsys, "annotate", video, "-o", tmp_path / "nowhere" / "x.mp4", *models_args)
+    assert code == OutputError.exit_code and "does not exist" in one_error_line(err)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_output_folder_not_writable(tmp_path, capsys, models_args):
+    video = make_video(tmp_path / "clip.mp4", frames=4)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code, _, err = run_cli(capsys, "annotate", video, "-o", locked / "x.mp4", *models_args)
+    assert code == OutputError.exit_code and "not writable" in one_error_line(err)
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "empty", "text", "zero-frames"])
+def test_bad_inputs(tmp_path, capsys, models_args, kind):
+    path = tmp_path / "in.mp4"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 50)
+    elif kind == "zero-frames":
+        make_video(path, frames=0, audio=False)
+    code, _, err = run_cli(capsys, "annotate", path, *models_args)
+    assert code == InputError.exit_code
+    assert str(path) in one_error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if kind == "missing" else ["in.mp4"])
+
+
+def test_truncated_input_is_processed_as_far_as_it_decodes(tmp_path, capsys, models_args):
+    full = make_video(tmp_path / "full.mp4", frames=40, audio=False, faststart=True)
+    broken = tmp_path / "cut.mp4"
+    broken.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    code, _, err = run_cli(capsys, "annotate", broken, *models_args)
+    assert code == 0
+    assert "truncated" in err
+    log = json.loads((tmp_path / "cut.vidface.json").read_text())
+    assert log["input"]["truncated"] is True
+    assert 0 < log["input"]["frames_decoded"] < 40
+    assert av.open(str(tmp_path / "cut.vidface.mp4")).streams.video[0].frames == log["input"]["frames_decoded"]
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "no-usable-photo"])
+def test_bad_gallery(tmp_path, capsys, models_args, layout):
+    video = make_video(tmp_path / "clip.mp4", frames=4)
+    gallery = tmp_path / "faces"
+    if layout == "empty":
+        gallery.mkdir()
+    elif layout == "no-usable-photo":
+        (gallery / "Ann").mkdir(parents=True)
+        (gallery / "Ann" / "a.jpg").write_bytes(b"broken jpeg")
+    code, _, err = run_cli(capsys, "annotate", video, "--gallery", gallery, *models_args)
+    assert code == GalleryError.exit_code
+    line = one_error_line(err)
+    assert "gallery" in line and (layout != "no-usable-photo" or "Ann" in line)
+    assert not (tmp_path / "clip.vidface.json").exists()
+
+
+@pytest.mark.parametrize("problem", ["missing", "garbage", "wrong-kind"])
+def test_bad_weights(tmp_path, capsys, random_models, problem):
+    detector, embedder = random_models
+    video = make_video(tmp_path / "clip.mp4", frames=4)
+    bad = tmp_path / "det.safetensors"
+    if problem == "garbage":
+        bad.write_bytes(os.urandom(2000))
+    elif problem == "wrong-kind":
+        bad = embedder
+    code, _, err = run_cli(capsys, "annotate", video, "--detector", bad, "--embedder", embedder, "--device", "cpu")
+    assert code == ModelError.exit_code
+    assert "detector" in one_error_line(err)
+    code, _, err = run_cli(capsys, "annotate", video, "--detector", detector, "--embedder", tmp_path / "x.safetensors",
+                           "--device", "cpu")
+    assert code == ModelError.exit_code and "embedder" in one_error_line(err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_but_absent(tmp_path, capsys, random_models):
+    detector, embedder = random_models
+    video = make_video(tmp_path / "clip.mp4", frames=4)
+    code, _, err = run_cli(capsys, "annotate", video, "--device", "cuda", "--detector", detector, "--embedder", embedder)
+    assert code == DeviceError.exit_code and "CUDA" in one_error_line(err)
+
+
+def test_failure_mid_run_leaves_no_partial_output(tmp_path, random_models, monkeypatch):
+    from vidface import pipeline
+
+    detector, embedder = random_models
+    video = make_video(tmp_path / "clip.mp4", frames=30)
+    settings = pipeline.AnnotateSettings(device="cpu", imgsz=64, batch_size=4, detector=detector, embedder=embedder)
+    models = pipeline.Models.load(settings)
+    calls = {"n": 0}
+    original = pipeline.FrameProcessor.process
+
+    def failing(self, frames):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, frames)
+
+    monkeypatch.setattr(pipeline.FrameProcessor, "process", failing)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.annotate(video, None, settings=settings, models=models)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+def test_real_process_prints_one_line_and_exit_code(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vidface", "annotate", str(tmp_path / "missing.mp4")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == InputError.exit_code
+    assert result.stderr.strip().splitlines() == [f"vidface: error: input not found: {tmp_path / 'missing.mp4'}"]
+
+
+def test_usage_errors_exit_2(capsys):
+    code, _, err = run_cli(capsys, "annotate", "x.mp4", "--frame-skip", "-1")
+    assert code == 2 and "Traceback" not in err

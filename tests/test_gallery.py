@@ -1,0 +1,94 @@
+import cv2
+import numpy as np
+import pytest
+
+from vidface.errors import GalleryError
+from vidface.gallery import Gallery, build_gallery, list_gallery
+
+
+def unit(*values):
+    vector = np.array(values, np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def test_match_takes_best_photo_per_person_and_applies_threshold():
+    gallery = Gallery(folder=None, names=["ann", "bob"],
+                      embeddings=np.stack([unit(1, 0, 0), unit(0, 1, 0), unit(0.6, 0.8, 0)]),
+                      owners=np.array([0, 1, 0]))
+    best, mean = gallery.person_similarity(np.stack([unit(0.6, 0.8, 0)]))
+    assert best[0, 0] == pytest.approx(1.0) and best[0, 1] == pytest.approx(0.8)
+    assert mean[0, 0] == pytest.approx((0.6 + 1.0) / 2)
+    matches = gallery.match(np.stack([unit(0.6, 0.8, 0), unit(0, 0, 1), unit(0.1, 1, 0)]), threshold=0.5)
+    assert [m.identity for m in matches] == ["ann", None, "bob"]
+    assert matches[1].best_name is not None and matches[1].similarity < 0.5
+
+
+def write_photo(path, colour, blank=False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.full((64, 64, 3), colour, np.uint8)
+    if not blank:
+        image[16:48, 16:48] = np.array(colour) // 2 + 40
+    cv2.imwrite(str(path), image)
+
+
+def test_build_gallery_reports_problem_photos_and_caches(tmp_path, fake_stages):
+    detector, embedder = fake_stages
+    write_photo(tmp_path / "g/Ann/1.jpg", (200, 30, 30))
+    write_photo(tmp_path / "g/Ann/2.png", (190, 40, 30))
+    write_photo(tmp_path / "g/Ann/empty.jpg", (90, 90, 90), blank=True)
+    (tmp_path / "g/Ann/broken.jpg").write_bytes(b"not a jpeg")
+    write_photo(tmp_path / "g/Bob/1.jpg", (30, 30, 200))
+    (tmp_path / "g/Bob/notes.txt").write_text("ignored: not a photo")
+    gallery = build_gallery(tmp_path / "g", detector, embedder)
+    assert gallery.names == ["Ann", "Bob"]
+    assert len(gallery.embeddings) == 3
+    problems = {p.path.name: p.status for p in gallery.problems}
+    assert problems == {"empty.jpg": "no-face", "broken.jpg": "unreadable"}
+    calls = detector.calls
+    again = build_gallery(tmp_path / "g", detector, embedder)
+    assert detector.calls == calls, "second build must come from the cache"
+    np.testing.assert_allclose(again.embeddings, gallery.embeddings)
+    write_photo(tmp_path / "g/Bob/2.jpg", (20, 60, 210))
+    build_gallery(tmp_path / "g", detector, embedder)
+    assert detector.calls == calls + 1, "only the new photo is embedded"
+
+
+def test_cache_is_invalidated_when_a_model_changes(tmp_path, fake_stages):
+    detector, embedder = fake_stages
+    write_photo(tmp_path / "g/Ann/1.jpg", (200, 30, 30))
+    build_gallery(tmp_path / "g", detector, embedder)
+    calls = detector.calls
+    embedder.weights_path.write_bytes(b"retrained model")
+    build_gallery(tmp_path / "g", detector, embedder)
+    assert detector.calls == calls + 1
+
+
+def test_cache_file_holds_no_pickled_objects(tmp_path, fake_stages, monkeypatch):
+    detector, embedder = fake_stages
+    write_photo(tmp_path / "g/Ann/1.jpg", (200, 30, 30))
+    build_gallery(tmp_path / "g", detector, embedder)
+    caches = list((tmp_path / "cache").rglob("*.npz"))
+    assert len(caches) == 1
+    with np.load(caches[0], allow_pickle=False) as data:
+        assert {"hashes", "embeddings", "model_key"} <= set(data.files)
+
+
+def test_person_without_usable_photo_is_an_error_naming_the_folder(tmp_path, fake_stages):
+    detector, embedder = fake_stages
+    write_photo(tmp_path / "g/Ann/1.jpg", (200, 30, 30))
+    write_photo(tmp_path / "g/Zed/blank.jpg", (50, 50, 50), blank=True)
+    with pytest.raises(GalleryError, match="Zed"):
+        build_gallery(tmp_path / "g", detector, embedder)
+    lenient = build_gallery(tmp_path / "g", detector, embedder, strict=False)
+    assert lenient.names == ["Ann"]
+
+
+@pytest.mark.parametrize("layout", ["missing", "file", "empty"])
+def test_bad_gallery_folders(tmp_path, layout):
+    target = tmp_path / "g"
+    if layout == "file":
+        target.write_text("x")
+    elif layout == "empty":
+        target.mkdir()
+    with pytest.raises(GalleryError):
+        list_gallery(target)

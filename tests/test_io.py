@@ -1,0 +1,98 @@
+import av
+import numpy as np
+import pytest
+
+from conftest import make_video
+from vidface.errors import InputError
+from vidface.io import AnnotatedVideoWriter, VideoReader, probe_video
+
+
+def test_probe_and_read_real_timestamps(tmp_path):
+    path = make_video(tmp_path / "v.mp4", frames=15, fps=10)
+    info = probe_video(path)
+    assert (info.width, info.height, info.frames, info.has_audio) == (160, 120, 15, True)
+    assert info.fps == pytest.approx(10)
+    with VideoReader(path, queue_size=2) as reader:
+        frames = list(reader)
+    assert [f.index for f in frames] == list(range(15))
+    np.testing.assert_allclose([f.time_s for f in frames], np.arange(15) / 10, atol=1e-6)
+    assert not reader.truncated
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+    path = make_video(tmp_path / "r.mp4", frames=3, size=(160, 96), rotation=90)
+    info = probe_video(path)
+    if info.rotation == 0:
+        pytest.skip("this FFmpeg build does not write rotation metadata")
+    assert (info.width, info.height) == (96, 160)
+    with VideoReader(path) as reader:
+        assert next(iter(reader)).image.shape == (160, 96, 3)
+
+
+def test_writer_keeps_frame_count_fps_and_audio(tmp_path):
+    source = make_video(tmp_path / "in.mp4", frames=20, fps=10)
+    target = tmp_path / "out.mp4"
+    writer = AnnotatedVideoWriter(target, 10, 160, 120)
+    with VideoReader(source) as reader:
+        for frame in reader:
+            writer.write(frame.image)
+    writer.finish(source)
+    info = probe_video(target)
+    assert (info.frames, info.fps, info.has_audio) == (20, 10, True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]  # no temporary left
+
+
+def test_aborted_writer_leaves_nothing(tmp_path):
+    writer = AnnotatedVideoWriter(tmp_path / "out.mp4", 10, 32, 32)
+    writer.write(np.zeros((32, 32, 3), np.uint8))
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_file_decodes_what_it_can(tmp_path):
+    source = make_video(tmp_path / "full.mp4", frames=40, audio=False, faststart=True)
+    data = source.read_bytes()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(data[: len(data) // 2])  # index at the front survives, frames are cut
+    assert probe_video(broken).frames == 40
+    with VideoReader(broken) as reader:
+        frames = list(reader)
+    assert 0 < len(frames) < 40
+    assert reader.truncated and "40" in reader.error
+
+
+def test_file_cut_before_its_index_is_a_clean_error(tmp_path):
+    source = make_video(tmp_path / "full.mp4", frames=40, audio=False)
+    data = source.read_bytes()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(data[: len(data) // 2])  # mp4 index (moov) at the end is lost
+    with pytest.raises(InputError):
+        probe_video(broken)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a video", bytes(range(256)) * 40])
+def test_not_a_video_is_a_clean_error(tmp_path, content):
+    path = tmp_path / "x.mp4"
+    path.write_bytes(content)
+    with pytest.raises(InputError):
+        probe_video(path)
+
+
+def test_missing_and_folder_inputs(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        probe_video(tmp_path / "nope.mp4")
+    with pytest.raises(InputError, match="folder"):
+        probe_video(tmp_path)
+
+
+def test_latest_only_reader_drops_stale_frames(tmp_path):
+    import time
+
+    path = make_video(tmp_path / "v.mp4", frames=30, fps=30, audio=False)
+    with VideoReader(path, latest_only=True) as reader:
+        seen = []
+        for frame in reader:
+            seen.append(frame.index)
+            time.sleep(0.12)  # a slow consumer
+    assert seen[-1] >= 25 and len(seen) < 30
+    assert reader.frames_dropped > 0

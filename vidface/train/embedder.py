@@ -1,0 +1,263 @@
+"""Train vidface's face embedder: EfficientNet-B0 + ArcFace + distillation from dlib.
+
+Labelled crops teach identities through an ArcFace margin head; every crop
+(labelled or not) also teaches the student to reproduce the dlib teacher's
+embedding through a small projection (cosine distillation), so the student
+learns the teacher's function from far more faces than it has labels for.
+The recipe lives in a JSON config file (``configs/embedder-*.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..datasets import data_root
+from ..embed import EmbedderConfig, EmbedderNet, crops_to_tensor, save_embedder
+
+
+@dataclass
+class EmbedderTrainConfig:
+    """Every setting of a training run (read from / written to JSON)."""
+
+    labelled_sets: list[str] = field(default_factory=lambda: ["faces/celeba299"])
+    unlabelled_sets: list[str] = field(default_factory=lambda: ["faces/utkface4k"])
+    teacher_cache: str = "cache/teacher/dlib_faces.npz"
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    arcface_scale: float = 32.0
+    arcface_margin: float = 0.4
+    easy_margin: bool = False
+    arcface_weight: float = 1.0
+    distill_weight: float = 4.0
+    embedding_size: int = 512
+    dropout: float = 0.2
+    eval_every: int = 2
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    blur_p: float = 0.2
+    jpeg_p: float = 0.3
+    occlusion_p: float = 0.25
+    affine_p: float = 0.5
+    workers: int = 1
+    threads: int = 0
+    amp: bool = True
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> "EmbedderTrainConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+class ArcFaceHead(nn.Module):
+    """Additive angular margin: logits ``s * cos(theta + m)`` for the true class, ``s * cos(theta)`` otherwise.
+
+    Past ``theta > pi - m`` the margin would make the logit grow again; there the
+    usual fallback ``cos(theta) - m * sin(m)`` keeps it monotonic. With
+    ``easy_margin`` the margin only applies where ``cos(theta) > 0``.
+    """
+
+    def __init__(self, embedding_size: int, classes: int, scale: float = 32.0, margin: float = 0.4,
+                 easy_margin: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(classes, embedding_size))
+        nn.init.xavier_uniform_(self.weight)
+        self.scale, self.margin, self.easy_margin = scale, margin, easy_margin
+        self.cos_m, self.sin_m = math.cos(margin), math.sin(margin)
+        self.threshold = math.cos(math.pi - margin)
+        self.fallback = math.sin(math.pi - margin) * margin
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1 + 1e-7, 1 - 1e-7)
+        sine = torch.sqrt(1.0 - cosine * cosine)
+        with_margin = cosine * self.cos_m - sine * self.sin_m
+        if self.easy_margin:
+            with_margin = torch.where(cosine > 0, with_margin, cosine)
+        else:
+            with_margin = torch.where(cosine > self.threshold, with_margin, cosine - self.fallback)
+        one_hot = F.one_hot(labels, cosine.shape[1]).to(cosine.dtype)
+        return self.scale * (one_hot * with_margin + (1 - one_hot) * cosine)
+
+
+def augment(crop: np.ndarray, config: EmbedderTrainConfig, rng: random.Random) -> np.ndarray:
+    """Flip, colour, pose/scale jitter, blur, JPEG and occlusion on an aligned BGR crop."""
+    image = crop
+    size = image.shape[0]
+    if rng.random() < config.flip_p:
+        image = image[:, ::-1]
+    if rng.random() < config.affine_p:
+        angle, scale = rng.uniform(-10, 10), rng.uniform(0.9, 1.1)
+        matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
+        matrix[:, 2] += (rng.uniform(-4, 4), rng.uniform(-4, 4))
+        image = cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), borderMode=cv2.BORDER_CONSTANT)
+    image = image.astype(np.float32)
+    if rng.random() < config.jitter_p:
+        image = image * rng.uniform(0.6, 1.4) + rng.uniform(-30, 30)
+        grey = image.mean(axis=2, keepdims=True)
+        image = grey + (image - grey) * rng.uniform(0.5, 1.5)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    if rng.random() < config.blur_p:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.8))
+    if rng.random() < config.jpeg_p:
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, rng.randint(25, 90)])
+        if ok:
+            image = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    if rng.random() < config.occlusion_p:
+        h, w = rng.randint(size // 6, size // 2), rng.randint(size // 6, size // 2)
+        y, x = rng.randint(0, size - h), rng.randint(0, size - w)
+        image = image.copy()
+        image[y : y + h, x : x + w] = rng.randint(0, 255)
+    return np.ascontiguousarray(image)
+
+
+class FaceCropDataset(torch.utils.data.Dataset):
+    """Aligned crops with an identity label (``-1`` when unlabelled) and a teacher embedding."""
+
+    def __init__(self, paths: list[Path], labels: list[int], teacher: np.ndarray, config: EmbedderTrainConfig,
+                 embed_config: EmbedderConfig):
+        self.paths, self.labels, self.teacher = paths, labels, teacher
+        self.config, self.embed_config = config, embed_config
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        rng = random.Random()
+        crop = cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR)
+        crop = augment(crop, self.config, rng)
+        tensor = crops_to_tensor([crop], self.embed_config)[0]
+        return tensor, self.labels[index], torch.from_numpy(self.teacher[index])
+
+
+def gather_training_data(config: EmbedderTrainConfig, root: Path | None = None):
+    """Paths, labels (``-1`` = unlabelled) and teacher vectors of every training crop."""
+    from .dlib_teacher import teacher_cache
+
+    root = root or data_root()
+    for banned in ("lfw", "videofaceid"):
+        if any(banned in s for s in config.labelled_sets + config.unlabelled_sets):
+            raise ValueError(f"{banned} is an evaluation set and must not be trained on")
+    paths, labels, identities = [], [], {}
+    for labelled in config.labelled_sets:
+        for person_dir in sorted((root / labelled).iterdir()):
+            if person_dir.is_dir():
+                for crop in sorted(person_dir.glob("*.jpg")):
+                    paths.append(crop)
+                    labels.append(identities.setdefault(f"{labelled}/{person_dir.name}", len(identities)))
+    for unlabelled in config.unlabelled_sets:
+        crops = sorted((root / unlabelled).glob("*.jpg"))
+        paths += crops
+        labels += [-1] * len(crops)
+    cache_root = root / "faces"
+    _, teacher = teacher_cache(paths, cache_root, Path(config.teacher_cache))
+    return paths, labels, teacher, len(identities)
+
+
+def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1.0, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cpu", resume: bool = True,
+                   log=print) -> Path:
+    """Train, evaluating on LFW every ``eval_every`` epochs (for the log only: the last epoch is kept)."""
+    from ..evaluation.lfw import evaluate_lfw, load_lfw_bin
+    from ..embed import FaceEmbedder  # noqa: F401  (type of the exported model)
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    paths, labels, teacher, classes = gather_training_data(config)
+    embed_config = EmbedderConfig(embedding_size=config.embedding_size, dropout=config.dropout)
+    dataset = FaceCropDataset(paths, labels, teacher, config, embed_config)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=config.workers, persistent_workers=config.workers > 0)
+    target = torch.device(device)
+    net = EmbedderNet(embed_config).to(target)
+    head = ArcFaceHead(config.embedding_size, classes, config.arcface_scale, config.arcface_margin,
+                       config.easy_margin).to(target)
+    projector = nn.Linear(config.embedding_size, teacher.shape[1]).to(target)
+    parameters = list(net.parameters()) + list(head.parameters()) + list(projector.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    use_amp = config.amp and target.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch = 0
+    checkpoint = run_dir / "last.ckpt"
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=target, weights_only=True)
+        net.load_state_dict(state["net"])
+        head.load_state_dict(state["head"])
+        projector.load_state_dict(state["projector"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        log(f"resumed from {checkpoint} at epoch {start_epoch}")
+    lfw_images, lfw_same = None, None
+    history_file = run_dir / "history.jsonl"
+    steps_per_epoch = len(loader)
+    for epoch in range(start_epoch, config.epochs):
+        net.train(), head.train(), projector.train()
+        started, seen, totals = time.time(), 0, {"arcface": 0.0, "distill": 0.0}
+        for step, (images, batch_labels, teacher_vectors) in enumerate(loader):
+            global_step = epoch * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(global_step, config.epochs * steps_per_epoch,
+                                     config.warmup_epochs * steps_per_epoch, config.lr)
+            images, batch_labels = images.to(target), batch_labels.to(target)
+            teacher_vectors = teacher_vectors.to(target)
+            with torch.autocast(target.type, enabled=use_amp):
+                embeddings = net(images)
+            embeddings = embeddings.float()
+            distill = (1 - F.cosine_similarity(projector(embeddings), teacher_vectors)).mean()
+            labelled = batch_labels >= 0
+            arcface = torch.zeros((), device=target)
+            if labelled.any():
+                arcface = F.cross_entropy(head(embeddings[labelled], batch_labels[labelled]), batch_labels[labelled])
+            loss = config.arcface_weight * arcface + config.distill_weight * distill
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            seen += len(images)
+            totals["arcface"] += float(arcface) * len(images)
+            totals["distill"] += float(distill) * len(images)
+            if step % 10 == 0:
+                log(f"epoch {epoch + 1}/{config.epochs} step {step}/{steps_per_epoch} arcface {float(arcface):.3f} "
+                    f"distill {float(distill):.4f} ({seen / (time.time() - started):.1f} img/s)")
+        record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1),
+                  **{k: round(v / max(seen, 1), 4) for k, v in totals.items()}}
+        torch.save({"net": net.state_dict(), "head": head.state_dict(), "projector": projector.state_dict(),
+                    "optimizer": optimizer.state_dict(), "epoch": epoch + 1}, run_dir / "last.ckpt.tmp")
+        (run_dir / "last.ckpt.tmp").replace(checkpoint)
+        save_embedder(net.cpu().eval(), embed_config, run_dir / "embedder.safetensors")
+        net.to(target)
+        if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+            if lfw_images is None:
+                lfw_images, lfw_same = load_lfw_bin()
+            from ..embed import FaceEmbedder
+
+            student = FaceEmbedder(run_dir / "embedder.safetensors", target)
+            report = evaluate_lfw(student, lfw_images, lfw_same)
+            record.update(lfw_accuracy=round(report.accuracy_mean, 4), lfw_best_threshold=round(report.best_threshold, 4),
+                          lfw_best_f1=round(report.best_f1, 4))
+        log(json.dumps(record))
+        with open(history_file, "a") as stream:
+            stream.write(json.dumps(record) + "\n")
+    return run_dir / "embedder.safetensors"
