@@ -242,6 +242,94 @@ def bench(
     out.print(table)
 
 
+@app.command()
+def webcam(
+    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help="gallery folder"),
+    camera: int = typer.Option(0, "--camera", help="camera index"),
+    source: Optional[str] = typer.Option(None, "--source", help="a file or stream URL instead of a camera"),
+    frame_skip: int = typer.Option(0, "--frame-skip", min=0, help="detect every N+1-th frame, carry tracks between"),
+    det_conf: float = typer.Option(0.5, "--det-conf", min=0.0, max=1.0),
+    match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
+    imgsz: int = typer.Option(640, "--imgsz", min=32),
+    device: str = DeviceOption,
+    record: Optional[Path] = typer.Option(None, "--record", help="save the annotated stream to this video"),
+    log: Optional[Path] = typer.Option(None, "--log", help="save a JSON track log"),
+    no_display: bool = typer.Option(False, "--no-display", help="headless: record and/or log only"),
+    seconds: Optional[float] = typer.Option(None, "--seconds", min=0.0, help="stop after this long"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    detector: Optional[Path] = DetectorOption,
+    embedder: Optional[Path] = EmbedderOption,
+) -> None:
+    """Live recognition from a camera (q or Esc quits; Ctrl-C too)."""
+    from .pipeline import Models
+    from .webcam import parse_source, run_webcam
+
+    origin = parse_source(camera, source)
+    settings = _settings(device=device, frame_skip=frame_skip, det_conf=det_conf, match_threshold=match_threshold,
+                         imgsz=imgsz, detector=detector, embedder=embedder)
+    models = Models.load(settings)
+    known = _load_gallery(gallery, models)
+    result = run_webcam(origin, known, settings, models, record, log, display=not no_display,
+                        max_seconds=seconds, overwrite=overwrite)
+    print_summary(result.summary, f"live: {result.frames_shown} frames shown, {result.frames_dropped} stale frames "
+                                  f"dropped, {result.frames_shown / max(result.seconds, 1e-9):.1f} frames/s")
+
+
+@app.command()
+def batch(
+    inputs: list[str] = typer.Argument(..., help="video files, folders or globs"),
+    out_dir: Path = typer.Option(..., "--out-dir", "-O", help="results folder (mirrors the input layout)"),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help="gallery folder"),
+    pattern: str = typer.Option("*", "--pattern", help="file pattern inside folders, e.g. '*.mp4'"),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="descend into sub-folders"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="files decoded in parallel (models are shared)"),
+    no_video: bool = typer.Option(False, "--no-video", help="write only the JSON logs"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="retry files that failed in an earlier run"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
+    device: str = DeviceOption,
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    imgsz: int = typer.Option(640, "--imgsz", min=32),
+    det_conf: float = typer.Option(0.5, "--det-conf", min=0.0, max=1.0),
+    match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
+    frame_skip: int = typer.Option(0, "--frame-skip", min=0),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    detector: Optional[Path] = DetectorOption,
+    embedder: Optional[Path] = EmbedderOption,
+) -> None:
+    """Annotate many videos into --out-dir; safe to repeat (finished files are skipped).
+
+    Exit code: 0 all done, 10 some files failed, other codes: nothing could start.
+    """
+    from .batch import run_batch
+
+    settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
+                         match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
+                         detector=detector, embedder=embedder)
+
+    def report(item) -> None:
+        if not quiet and not as_json:
+            colour = {"ok": "green", "failed": "red", "skipped": "dim"}.get(item.status, "white")
+            extra = f" ({item.error})" if item.error else ""
+            err.print(f"[{colour}]{item.status:>7}[/{colour}] {item.source}{extra}", highlight=False)
+
+    result = run_batch(inputs, out_dir, gallery, settings, pattern, recursive, jobs, retry_failed, on_item=report)
+    if as_json:
+        out.print_json(result.summary_path.read_text())
+    elif not quiet:
+        counts = result.counts()
+        table = Table(title=f"batch into {out_dir}")
+        for column in ("status", "input", "frames", "seconds", "people", "error"):
+            table.add_column(column)
+        for item in result.items:
+            table.add_row(item.status, str(item.source), str(item.frames), f"{item.seconds:.1f}",
+                          ", ".join(item.people) or "-", item.error or "")
+        out.print(table)
+        out.print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+                  f"summary: {result.summary_path}")
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
 def main() -> None:
     """Entry point: runs the typer app, turning user errors into one line and an exit code."""
     try:

@@ -1,0 +1,146 @@
+"""vidface batch: layout, summary, exit codes, reruns, a killed run, concurrent runs, stale locks."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import av
+import pytest
+
+from conftest import make_video
+from vidface.batch import EXIT_SOME_FAILED, LOCK_NAME, OutDirLock, collect_inputs
+from vidface.errors import BusyError
+
+
+@pytest.fixture
+def tree(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    make_video(inputs / "a.mp4", frames=8)
+    make_video(inputs / "b.mp4", frames=6, audio=False)
+    (inputs / "nested").mkdir()
+    make_video(inputs / "nested" / "c.mp4", frames=5)
+    (inputs / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
+    (inputs / "notes.mp4").write_text("a text file with a video name")
+    return inputs
+
+
+def batch_command(random_models, *args):
+    detector, embedder = random_models
+    return [sys.executable, "-m", "vidface", "batch", *map(str, args), "--detector", str(detector),
+            "--embedder", str(embedder), "--device", "cpu", "--imgsz", "64", "--batch-size", "4"]
+
+
+def run(random_models, *args, timeout=300):
+    return subprocess.run(batch_command(random_models, *args), capture_output=True, text=True, timeout=timeout)
+
+
+def test_collect_inputs_files_folders_and_globs(tree):
+    items, missing = collect_inputs([str(tree)], "*.mp4", recursive=True)
+    assert sorted(str(i.relative) for i in items) == ["a.mp4", "b.mp4", "corrupt.mp4", "nested/c.mp4", "notes.mp4"]
+    items, _ = collect_inputs([str(tree)], "*.mp4", recursive=False)
+    assert "nested/c.mp4" not in [str(i.relative) for i in items]
+    items, missing = collect_inputs([str(tree / "*.mp4"), str(tree / "a.mp4"), str(tree / "gone.mp4")])
+    assert len(items) == 4 and [str(m.source.name) for m in missing] == ["gone.mp4"]
+
+
+def test_first_run_second_run_and_retry(tree, tmp_path, random_models):
+    out = tmp_path / "out"
+    first = run(random_models, tree, "--recursive", "--pattern", "*.mp4", "--out-dir", out, "--json")
+    assert first.returncode == EXIT_SOME_FAILED, first.stderr
+    summary = json.loads(first.stdout)
+    statuses = {f["output"]: f["status"] for f in summary["files"]}
+    assert statuses == {"a.mp4": "ok", "b.mp4": "ok", "nested/c.mp4": "ok", "corrupt.mp4": "failed", "notes.mp4": "failed"}
+    assert all(f["error"] for f in summary["files"] if f["status"] == "failed")
+    assert summary == json.loads((out / "batch-summary.json").read_text())
+    for relative, frames in (("a", 8), ("b", 6), ("nested/c", 5)):
+        video = av.open(str(out / f"{relative}.vidface.mp4"))
+        assert video.streams.video[0].frames == frames
+        assert json.loads((out / f"{relative}.vidface.json").read_text())["input"]["frames"] == frames
+    assert {f["frames"] for f in summary["files"] if f["status"] == "ok"} == {8, 6, 5}
+
+    second = run(random_models, tree, "--recursive", "--pattern", "*.mp4", "--out-dir", out, "--json")
+    assert second.returncode == 0, second.stderr
+    assert {f["status"] for f in json.loads(second.stdout)["files"]} == {"skipped"}
+
+    third = run(random_models, tree, "--recursive", "--pattern", "*.mp4", "--out-dir", out, "--json", "--retry-failed")
+    assert third.returncode == EXIT_SOME_FAILED
+    statuses = {f["output"]: f["status"] for f in json.loads(third.stdout)["files"]}
+    assert statuses["corrupt.mp4"] == "failed" and statuses["a.mp4"] == "skipped"
+
+    make_video(tree / "a.mp4", frames=9)  # the input changed: redo it
+    fourth = run(random_models, tree, "--recursive", "--pattern", "*.mp4", "--out-dir", out, "--json")
+    statuses = {f["output"]: f["status"] for f in json.loads(fourth.stdout)["files"]}
+    assert statuses["a.mp4"] == "ok" and statuses["b.mp4"] == "skipped"
+
+
+def test_nothing_to_do_is_its_own_exit_code(tmp_path, random_models):
+    (tmp_path / "empty").mkdir()
+    result = run(random_models, tmp_path / "empty", "--out-dir", tmp_path / "out")
+    assert result.returncode not in (0, EXIT_SOME_FAILED)
+    assert "no input videos" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_killed_run_leaves_no_partial_output_and_rerun_completes(tmp_path, random_models):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index in range(6):
+        make_video(inputs / f"v{index}.mp4", frames=60, fps=30)
+    out = tmp_path / "out"
+    process = subprocess.Popen(batch_command(random_models, inputs, "--out-dir", out, "--quiet"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("*.done.json")):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = {p.name for p in out.glob("*.done.json")}
+    assert 0 < len(done_before) < 6, "the kill should land mid-way"
+    for video in out.glob("v*.vidface.mp4"):  # whatever has a final name is complete
+        assert av.open(str(video)).streams.video[0].frames == 60
+    for log in out.glob("v*.vidface.json"):
+        assert json.loads(log.read_text())["input"]["frames_decoded"] == 60
+
+    rerun = run(random_models, inputs, "--out-dir", out, "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    statuses = {f["output"]: f["status"] for f in json.loads(rerun.stdout)["files"]}
+    assert sum(s == "skipped" for s in statuses.values()) == len(done_before)
+    assert sum(s == "ok" for s in statuses.values()) == 6 - len(done_before)
+    leftovers = [p.name for p in out.rglob(".*")]
+    assert leftovers == [], f"temporaries left behind: {leftovers}"
+
+
+def test_two_concurrent_runs_one_refuses(tmp_path, random_models):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index in range(3):
+        make_video(inputs / f"v{index}.mp4", frames=60)
+    out = tmp_path / "out"
+    first = subprocess.Popen(batch_command(random_models, inputs, "--out-dir", out, "--quiet"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / LOCK_NAME).exists():
+        time.sleep(0.02)
+    second = run(random_models, inputs, "--out-dir", out)
+    first_code = first.wait(timeout=300)
+    assert first_code == 0, first.stderr.read()
+    assert second.returncode == BusyError.exit_code
+    assert "another vidface batch" in second.stderr and "Traceback" not in second.stderr
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
+    with OutDirLock(tmp_path) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    live = OutDirLock(tmp_path).acquire()
+    with pytest.raises(BusyError):
+        OutDirLock(tmp_path).acquire()
+    live.release()

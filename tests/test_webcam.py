@@ -1,0 +1,64 @@
+"""vidface webcam driven by a file source, headless."""
+
+import json
+
+import av
+import pytest
+
+from conftest import make_video
+from vidface.errors import InputError
+from vidface.pipeline import AnnotateSettings, Models
+from vidface.webcam import run_webcam
+
+
+@pytest.fixture
+def settings(random_models):
+    detector, embedder = random_models
+    return AnnotateSettings(device="cpu", imgsz=64, frame_skip=5, detector=detector, embedder=embedder)
+
+
+def test_headless_session_records_and_logs(tmp_path, settings):
+    source = make_video(tmp_path / "cam.mp4", frames=60, fps=30)
+    record, log = tmp_path / "rec.mp4", tmp_path / "live.json"
+    result = run_webcam(str(source), None, settings, record=record, log=log, display=False)
+    assert result.frames_shown >= 10
+    assert result.frames_shown + result.frames_dropped <= 60
+    assert av.open(str(record)).streams.video[0].frames == result.frames_shown
+    document = json.loads(log.read_text())
+    assert document["schema"] == 1 and document["input"]["live"] is True
+    assert document["input"]["frames"] == result.frames_shown
+    assert document["settings"]["frame_skip"] == 5
+
+
+def test_max_seconds_stops_a_session(tmp_path, settings):
+    source = make_video(tmp_path / "cam.mp4", frames=150, fps=30)
+    result = run_webcam(str(source), None, settings, display=False, max_seconds=1.0)
+    assert result.seconds < 3.0 and result.frames_shown < 150
+
+
+def test_frame_skip_runs_detector_on_every_sixth_frame(tmp_path, settings, monkeypatch):
+    models = Models.load(settings)
+    seen = []
+    original = models.detector.__class__.__call__
+
+    def counting(self, images):
+        seen.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(models.detector.__class__, "__call__", counting)
+    source = make_video(tmp_path / "cam.mp4", frames=40, fps=30)
+    result = run_webcam(str(source), None, settings, models=models, display=False)
+    assert sum(seen) == -(-result.frames_shown // 6)
+
+
+def test_no_display_without_flag_is_a_clean_error(tmp_path, settings, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    source = make_video(tmp_path / "cam.mp4", frames=5)
+    with pytest.raises(InputError, match="--no-display"):
+        run_webcam(str(source), None, settings, display=True)
+
+
+def test_missing_camera_is_a_clean_error(settings):
+    with pytest.raises(InputError, match="camera"):
+        run_webcam(97, None, settings, display=False)

@@ -1,0 +1,315 @@
+"""``vidface batch``: annotate folders of video, safe to run again and again from cron.
+
+- Each output gets a small manifest (``<name>.vidface.done.json``), written
+  last, that records what produced it: the input's identity, the gallery,
+  the models and the settings. A file whose manifest matches is skipped.
+- Outputs are renamed into place only when complete; temporaries left by a
+  killed run are removed at the next start, so an interrupted run is redone
+  for exactly the files it did not finish.
+- A lock file stops two runs from using one output folder; the lock of a
+  process that no longer exists is taken over.
+- A file that fails is recorded (``<name>.vidface.failed.json``) and the rest go
+  on; it is retried when its input changes, or with ``retry_failed``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BusyError, InputError, VidfaceError
+from .tracklog import write_json_atomic
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts"}
+LOCK_NAME = ".vidface-batch.lock"
+SUMMARY_NAME = "batch-summary.json"
+#: exit code of a batch in which some files failed (others may have succeeded)
+EXIT_SOME_FAILED = 10
+
+
+@dataclass
+class BatchItem:
+    """One input file and where its outputs go (``relative`` mirrors the input layout)."""
+
+    source: Path
+    relative: Path
+    status: str = "pending"
+    error: str | None = None
+    frames: int = 0
+    seconds: float = 0.0
+    people: list[str] = field(default_factory=list)
+
+    def record(self) -> dict:
+        return {"input": str(self.source), "output": str(self.relative), "status": self.status, "error": self.error,
+                "frames": self.frames, "seconds": round(self.seconds, 3), "people": self.people}
+
+
+def collect_inputs(inputs: list[str], pattern: str = "*", recursive: bool = False) -> tuple[list[BatchItem], list[BatchItem]]:
+    """Expand files, folders and globs; returns ``(items, missing)``."""
+    items, missing, seen = [], [], set()
+
+    def add(path: Path, relative: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            items.append(BatchItem(path, relative))
+
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            found = path.rglob(pattern) if recursive else path.glob(pattern)
+            for file in sorted(found):
+                if file.is_file() and file.suffix.lower() in VIDEO_SUFFIXES | _pattern_suffixes(pattern):
+                    add(file, file.relative_to(path))
+        elif path.is_file():
+            add(path, Path(path.name))
+        elif glob.has_magic(entry):
+            base = Path(entry.split("*")[0].split("?")[0].split("[")[0] or ".")
+            base = base if base.is_dir() else base.parent
+            for match in sorted(glob.glob(entry, recursive=True)):
+                file = Path(match)
+                if file.is_file():
+                    add(file, file.relative_to(base) if file.is_relative_to(base) else Path(file.name))
+        else:
+            missing.append(BatchItem(path, Path(path.name), "failed", "input not found"))
+    return items, missing
+
+
+def _pattern_suffixes(pattern: str) -> set[str]:
+    suffix = Path(pattern).suffix.lower()
+    return {suffix} if suffix and not glob.has_magic(suffix) else set()
+
+
+class OutDirLock:
+    """Exclusive lock on an output folder; a stale lock (dead process on this host) is taken over."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> "OutDirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner and self._alive(owner):
+                    raise BusyError(f"another vidface batch (pid {owner.get('pid')}) is using {self.path.parent}") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(handle, "w") as stream:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, stream)
+            self.held = True
+            return self
+        raise BusyError(f"could not lock {self.path.parent}")
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            # being written this instant, or garbage: treat as held unless it is old
+            try:
+                return None if time.time() - self.path.stat().st_mtime > 60 else {"pid": -1, "host": socket.gethostname()}
+            except OSError:
+                return None
+
+    @staticmethod
+    def _alive(owner: dict) -> bool:
+        if owner.get("host") != socket.gethostname():
+            return True  # cannot tell for another machine: respect the lock
+        pid = int(owner.get("pid", 0))
+        if pid == -1:
+            return True
+        if pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "OutDirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def input_identity(path: Path) -> str:
+    """Cheap identity of a video: size, modification time and hashes of its first and last MiB."""
+    stat = path.stat()
+    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if stat.st_size > 2 << 20:
+            handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read())
+    return digest.hexdigest()[:24]
+
+
+def gallery_identity(gallery) -> str:
+    if gallery is None:
+        return "none"
+    digest = hashlib.sha256("\n".join(gallery.names).encode())
+    digest.update(gallery.embeddings.tobytes())
+    return digest.hexdigest()[:24]
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete hidden temporaries a killed run left behind; returns how many."""
+    removed = 0
+    for path in out_dir.rglob(".*"):
+        if path.is_file() and (".vidface-" in path.name or path.name.endswith(".tmp")) and path.name != LOCK_NAME:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+class _Serialised:
+    """Lets several decoding threads share one model: calls take turns."""
+
+    def __init__(self, model, lock: threading.Lock):
+        self._model, self._lock = model, lock
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            return self._model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+@dataclass
+class BatchResult:
+    items: list[BatchItem]
+    summary_path: Path
+    exit_code: int
+
+    def counts(self) -> dict[str, int]:
+        counts = {"ok": 0, "failed": 0, "skipped": 0}
+        for item in self.items:
+            counts[item.status] = counts.get(item.status, 0) + 1
+        return counts
+
+
+def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, settings, pattern: str = "*",
+              recursive: bool = False, jobs: int = 1, retry_failed: bool = False, models=None,
+              on_item=None) -> BatchResult:
+    """Annotate every input into ``out_dir``; see the module docstring for the guarantees."""
+    from .embed import file_fingerprint
+    from .gallery import build_gallery
+    from .pipeline import Models, annotate
+
+    out_dir = Path(out_dir)
+    items, missing = collect_inputs(inputs, pattern, recursive)
+    if not items and not missing:
+        raise InputError("no input videos found" + (f" matching {pattern!r}" if pattern != "*" else ""))
+    if not items:
+        raise InputError(f"no input found: {', '.join(str(m.source) for m in missing)}")
+    with OutDirLock(out_dir):
+        remove_stale_temporaries(out_dir)
+        models = models or Models.load(settings)
+        gallery = build_gallery(gallery_folder, models.detector, models.embedder) if gallery_folder else None
+        threshold = models.threshold(settings)
+        recipe = {
+            "gallery": gallery_identity(gallery),
+            "detector": file_fingerprint(models.detector.weights_path),
+            "embedder": file_fingerprint(models.embedder.weights_path),
+            "settings": {k: v for k, v in settings.for_log(threshold).items() if k not in ("detector", "embedder", "device")},
+        }
+        if jobs > 1:
+            lock = threading.Lock()
+            models = Models(_Serialised(models.detector, lock), _Serialised(models.embedder, lock), models.device)
+
+        def process(item: BatchItem) -> BatchItem:
+            started = time.perf_counter()
+            video_out = (out_dir / item.relative).with_suffix("")
+            video_out = video_out.with_name(video_out.name + ".vidface.mp4")
+            log_out = video_out.with_suffix(".json")
+            done_file = video_out.with_name(video_out.name.replace(".vidface.mp4", ".vidface.done.json"))
+            failed_file = done_file.with_name(done_file.name.replace(".done.json", ".failed.json"))
+            try:
+                identity = {"input": input_identity(item.source), **recipe}
+            except OSError as error:
+                item.status, item.error = "failed", f"cannot read input: {error}"
+                return item
+            outputs = [log_out] + ([video_out] if settings.write_video else [])
+            previous = _read_json(done_file)
+            if previous and previous.get("identity") == identity and all(p.exists() for p in outputs):
+                item.status, item.frames = "skipped", previous.get("frames", 0)
+                item.people = previous.get("people", [])
+                return item
+            failed_before = _read_json(failed_file)
+            if failed_before and failed_before.get("identity") == identity and not retry_failed:
+                item.status, item.error = "skipped", f"failed in an earlier run: {failed_before.get('error')}"
+                return item
+            video_out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                result = annotate(item.source, gallery, video_out if settings.write_video else None, log_out,
+                                  settings, models, overwrite=True, gallery_path=gallery_folder)
+            except VidfaceError as error:
+                item.status, item.error = "failed", str(error)
+                write_json_atomic({"identity": identity, "error": str(error)}, failed_file)
+                return item
+            item.status, item.frames = "ok", result.frames
+            item.people = [row["identity"] for row in result.summary]
+            if result.truncated:
+                item.error = f"truncated: {result.warning}"
+            item.seconds = time.perf_counter() - started
+            write_json_atomic({"identity": identity, "frames": item.frames, "people": item.people,
+                               "outputs": [str(p) for p in outputs], "finished": time.time()}, done_file)
+            failed_file.unlink(missing_ok=True)
+            return item
+
+        def tracked(item: BatchItem) -> BatchItem:
+            started = time.perf_counter()
+            result = process(item)
+            result.seconds = result.seconds or time.perf_counter() - started
+            if on_item:
+                on_item(result)
+            return result
+
+        if jobs > 1:
+            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vidface-batch") as pool:
+                finished = list(pool.map(tracked, items))
+        else:
+            finished = [tracked(item) for item in items]
+        for item in missing:
+            if on_item:
+                on_item(item)
+        all_items = finished + missing
+        summary = {
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "out_dir": str(out_dir),
+            "counts": {},
+            "files": [item.record() for item in all_items],
+        }
+        result = BatchResult(all_items, out_dir / SUMMARY_NAME, 0)
+        summary["counts"] = result.counts()
+        result.exit_code = EXIT_SOME_FAILED if summary["counts"].get("failed") else 0
+        summary["exit_code"] = result.exit_code
+        write_json_atomic(summary, result.summary_path)
+        return result
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
