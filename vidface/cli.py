@@ -22,6 +22,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Find, track and name faces in videos.")
 gallery_app = typer.Typer(no_args_is_help=True, help="Build and inspect galleries (one folder of photos per person).")
 app.add_typer(gallery_app, name="gallery")
+
+
+def _add_research_commands() -> None:
+    from .cli_research import data_app, eval_app, train_app
+
+    app.add_typer(data_app, name="data")
+    app.add_typer(train_app, name="train")
+    app.add_typer(eval_app, name="eval")
+
+
+_add_research_commands()
 out = Console()
 err = Console(stderr=True)
 

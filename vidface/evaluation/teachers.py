@@ -57,3 +57,57 @@ class YuNetTeacher:
         landmarks = faces[:, 4:14].reshape(-1, 5, 2)
         scores = faces[:, 14] * np.float32(self.upscale)
         return TeacherOutput(boxes, scores, landmarks)
+
+
+class ScrfdTeacher:
+    """insightface SCRFD-500M with keypoints (ONNX, via onnxruntime), fixed 640x640 input."""
+
+    name = "scrfd-500m"
+    strides = (8, 16, 32)
+    anchors_per_cell = 2
+
+    def __init__(self, model_path: Path | None = None, score_threshold: float = 0.5, nms_threshold: float = 0.4,
+                 size: int = 640):
+        import onnxruntime
+
+        path = model_path or require(data_root() / "models" / "scrfd_500m_bnkps.onnx", "SCRFD model")
+        self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        self.score_threshold, self.nms_threshold, self.size = score_threshold, nms_threshold, size
+        self._centres = {}
+
+    def _anchor_centres(self, stride: int) -> np.ndarray:
+        if stride not in self._centres:
+            cells = self.size // stride
+            ys, xs = np.mgrid[:cells, :cells]
+            centres = np.stack([xs, ys], axis=-1).reshape(-1, 2).astype(np.float32) * stride
+            self._centres[stride] = np.repeat(centres, self.anchors_per_cell, axis=0)
+        return self._centres[stride]
+
+    def __call__(self, image: np.ndarray) -> TeacherOutput:
+        height, width = image.shape[:2]
+        scale = self.size / max(height, width)
+        resized = cv2.resize(image, (round(width * scale), round(height * scale)))
+        canvas = np.zeros((self.size, self.size, 3), np.uint8)
+        canvas[: resized.shape[0], : resized.shape[1]] = resized
+        blob = cv2.dnn.blobFromImage(canvas, 1 / 128.0, (self.size, self.size), (127.5, 127.5, 127.5), swapRB=True)
+        outputs = dict(zip(self._outputs, self._session.run(None, {self._input: blob})))
+        boxes, scores, points = [], [], []
+        for stride in self.strides:
+            score = outputs[f"score_{stride}"].reshape(-1)
+            keep = score >= self.score_threshold
+            centres = self._anchor_centres(stride)[keep]
+            distance = outputs[f"bbox_{stride}"].reshape(-1, 4)[keep] * stride
+            kps = outputs[f"kps_{stride}"].reshape(-1, 5, 2)[keep] * stride
+            boxes.append(np.concatenate([centres - distance[:, :2], centres + distance[:, 2:]], axis=1))
+            points.append(kps + centres[:, None, :])
+            scores.append(score[keep])
+        boxes, scores, points = np.concatenate(boxes) / scale, np.concatenate(scores), np.concatenate(points) / scale
+        if len(boxes) == 0:
+            return TeacherOutput(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        kept = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.score_threshold, self.nms_threshold)
+        kept = np.asarray(kept, dtype=np.int64).reshape(-1)
+        return TeacherOutput(boxes[kept].astype(np.float32), scores[kept].astype(np.float32),
+                             points[kept].astype(np.float32))

@@ -1,0 +1,220 @@
+"""``vidface data | train | eval``: rebuilding and measuring vidface's own models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+data_app = typer.Typer(no_args_is_help=True, help="Prepare training data sets.")
+train_app = typer.Typer(no_args_is_help=True, help="Train vidface's own models.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure models on public benchmarks.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _teacher(name: str, threshold: float):
+    from .evaluation.teachers import ScrfdTeacher, YuNetTeacher
+
+    if name == "yunet":
+        return YuNetTeacher(score_threshold=threshold, upscale=2.0)
+    if name == "scrfd":
+        return ScrfdTeacher(score_threshold=threshold)
+    raise typer.BadParameter(f"unknown teacher {name!r} (yunet or scrfd)")
+
+
+@data_app.command("widerface")
+def data_widerface(
+    out_dir: Path = typer.Option(Path("cache/widerface-pose"), "--out", help="where the YOLO-pose data set goes"),
+    teacher: str = typer.Option("yunet", "--teacher", help="landmark teacher: yunet or scrfd"),
+    teacher_conf: float = typer.Option(0.6, "--teacher-conf"),
+    holdout: int = typer.Option(50, "--holdout", help="val-train images kept aside for the trainer's validation"),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="also draw a few labelled images into this PNG"),
+) -> None:
+    """WIDER FACE training splits -> YOLO-pose data set, five landmarks from a teacher."""
+    from .train.widerface_data import build_pose_dataset, draw_label_preview
+
+    yaml_path = build_pose_dataset(out_dir, _teacher(teacher, teacher_conf), holdout=holdout)
+    out.print(f"data set: {yaml_path}  {json.loads((out_dir / 'stats.json').read_text())}")
+    if preview:
+        out.print(f"preview: {draw_label_preview(out_dir, preview)}")
+
+
+@train_app.command("detector")
+def train_detector_command(
+    data: Path = typer.Option(Path("cache/widerface-pose/data.yaml"), "--data"),
+    run_dir: Path = typer.Option(Path("runs/detector"), "--run"),
+    epochs: int = typer.Option(300, "--epochs"),
+    imgsz: int = typer.Option(640, "--imgsz"),
+    batch: int = typer.Option(32, "--batch"),
+    hours: Optional[float] = typer.Option(None, "--hours", help="fit the schedule into this much time"),
+    device: str = typer.Option("cpu", "--device", help="cpu, 0, 0,1 ..."),
+    workers: int = typer.Option(4, "--workers"),
+    resume: bool = typer.Option(False, "--resume", help="continue from RUN/weights/last.pt"),
+    export: Optional[Path] = typer.Option(None, "--export", help="also write vidface's safetensors here"),
+) -> None:
+    """Train YOLOv8n-pose (1 class, 5 landmarks) from scratch with ultralytics' trainer."""
+    from .detect import export_checkpoint
+    from .train.detector import DetectorRecipe, train_detector
+
+    recipe = DetectorRecipe(epochs=epochs, imgsz=imgsz, batch=batch)
+    best = train_detector(data, run_dir, recipe, device=device, workers=workers, resume=resume, time_hours=hours)
+    out.print(f"best checkpoint: {best}")
+    if export:
+        out.print(f"exported: {export_checkpoint(best, export)}")
+
+
+@train_app.command("export-detector")
+def export_detector_command(
+    checkpoint: Path = typer.Argument(..., help="ultralytics checkpoint written by 'vidface train detector'"),
+    destination: Path = typer.Option(Path("weights/yolov8n-face.safetensors"), "--to"),
+    pt_copy: Optional[Path] = typer.Option(None, "--pt", help="also copy the ultralytics .pt here"),
+) -> None:
+    """Convert our own training checkpoint to vidface's safetensors (and optionally keep the .pt)."""
+    from .detect import export_checkpoint
+    from .train.detector import export_detector
+
+    out.print(f"exported: {export_checkpoint(checkpoint, destination)}")
+    if pt_copy:
+        out.print(f"copied: {export_detector(checkpoint, pt_copy)}")
+
+
+@train_app.command("embedder")
+def train_embedder_command(
+    config: Path = typer.Option(Path("configs/embedder-cpu.json"), "--config"),
+    run_dir: Path = typer.Option(Path("runs/embedder"), "--run"),
+    device: str = typer.Option("cpu", "--device"),
+    export: Optional[Path] = typer.Option(None, "--export", help="copy the trained weights (+ .json) here"),
+) -> None:
+    """Train EfficientNet-B0 + ArcFace with distillation from dlib (config in JSON)."""
+    import shutil
+
+    from .train.embedder import EmbedderTrainConfig, train_embedder
+
+    weights = train_embedder(EmbedderTrainConfig.load(config), run_dir, device=device)
+    if export:
+        export.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights, export)
+        shutil.copyfile(weights.with_suffix(".json"), export.with_suffix(".json"))
+        out.print(f"exported: {export}")
+
+
+def _detector_fn(model: str, imgsz: int, conf: float):
+    """``image -> (P, 5)`` for our weights (a path) or a teacher name."""
+    if model in ("yunet", "scrfd"):
+        from .evaluation.teachers import ScrfdTeacher, YuNetTeacher
+
+        teacher = YuNetTeacher(score_threshold=conf) if model == "yunet" else ScrfdTeacher(score_threshold=conf, size=imgsz)
+
+        def run_teacher(image):
+            found = teacher(image)
+            return np.concatenate([found.boxes, found.scores[:, None]], axis=1)
+
+        return run_teacher
+    from .detect import FaceDetector
+
+    detector = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=conf, max_det=1000)
+
+    def run_ours(image):
+        faces = detector([image])[0]
+        return np.array([[*f.box, f.score] for f in faces]).reshape(-1, 5)
+
+    return run_ours
+
+
+@eval_app.command("widerface")
+def eval_widerface(
+    model: str = typer.Option(..., "--model", help="detector .safetensors, or a teacher: yunet, scrfd"),
+    imgsz: int = typer.Option(640, "--imgsz"),
+    conf: float = typer.Option(0.01, "--conf", help="lowest score kept (the PR curve needs low scores)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N val-eval images"),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+) -> None:
+    """Official WIDER FACE protocol on val-eval: AP for easy, medium and hard."""
+    from tqdm import tqdm
+
+    from .evaluation.widerface import evaluate_detector
+
+    bar = tqdm(unit="img", desc=f"WIDER val-eval {Path(model).name}")
+    report = evaluate_detector(_detector_fn(model, imgsz, conf), limit=limit,
+                               progress=lambda done, total: (setattr(bar, "total", total), bar.update(1)))
+    bar.close()
+    table = Table(title=f"WIDER FACE val-eval ({report.images} images, imgsz {imgsz}): {model}")
+    for subset in report.ap:
+        table.add_column(subset)
+    table.add_row(*[f"{ap:.3f}" for ap in report.ap.values()])
+    out.print(table)
+    if json_out:
+        json_out.write_text(json.dumps({"model": model, "imgsz": imgsz, "images": report.images, "ap": report.ap}, indent=2))
+
+
+@eval_app.command("lfw")
+def eval_lfw(
+    model: str = typer.Option(..., "--model", help="embedder .safetensors, or 'dlib' for the teacher"),
+    flip: bool = typer.Option(False, "--flip", help="also report flip-augmented embeddings"),
+    device: str = typer.Option("cpu", "--device"),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+) -> None:
+    """LFW 10-fold verification: accuracy, threshold, AUC, TAR@FAR."""
+    from .evaluation.lfw import evaluate_lfw, load_lfw_bin
+
+    if model == "dlib":
+        from .train.dlib_teacher import DlibTeacher
+
+        embed = DlibTeacher().embed_aligned
+    else:
+        from .embed import FaceEmbedder
+
+        embed = FaceEmbedder(Path(model), device)
+    images, same = load_lfw_bin()
+    reports = {"plain": evaluate_lfw(embed, images, same)}
+    if flip:
+        reports["flip"] = evaluate_lfw(embed, images, same, flip=True)
+    table = Table(title=f"LFW (6,000 pairs, 10 folds): {model}")
+    for column in ("variant", "accuracy", "best threshold", "F1", "ROC AUC", "TAR@FAR=1e-2", "TAR@FAR=1e-3"):
+        table.add_column(column)
+    for variant, report in reports.items():
+        table.add_row(variant, f"{report.accuracy_mean:.4f} ± {report.accuracy_std:.4f}", f"{report.best_threshold:.3f}",
+                      f"{report.best_f1:.4f}", f"{report.roc_auc:.4f}", f"{report.tar_at_far_1e2:.4f}",
+                      f"{report.tar_at_far_1e3:.4f}")
+    out.print(table)
+    if json_out:
+        json_out.write_text(json.dumps({"model": model, **{k: v.as_dict() for k, v in reports.items()}}, indent=2))
+
+
+@eval_app.command("videofaceid")
+def eval_videofaceid(
+    detector: Optional[Path] = typer.Option(None, "--detector"),
+    embedder: Optional[Path] = typer.Option(None, "--embedder"),
+    device: str = typer.Option("auto", "--device"),
+    det_conf: float = typer.Option(0.5, "--det-conf"),
+    match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
+    frame_skip: int = typer.Option(0, "--frame-skip"),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+    histogram: Optional[Path] = typer.Option(None, "--histogram", help="PNG of same/different-person similarities"),
+) -> None:
+    """End-to-end: every real clip against its truth (found, named right, unknowns rejected)."""
+    from .evaluation.videofaceid import evaluate_clips, similarity_histogram
+
+    values = {k: v for k, v in dict(detector=detector, embedder=embedder).items() if v is not None}
+    from .pipeline import AnnotateSettings
+
+    settings = AnnotateSettings(device=device, det_conf=det_conf, match_threshold=match_threshold,
+                                frame_skip=frame_skip, write_video=False, **values)
+    report = evaluate_clips(settings)
+    table = Table(title="videofaceid: truth boxes found (IoU >= 0.3), named right, unknowns rejected")
+    for column in ("clip", "truth boxes", "found", "named right", "unknown rejected"):
+        table.add_column(column)
+    for row in report["clips"] + [report["total"]]:
+        table.add_row(row["clip"], str(row["truth_boxes"]), f"{row['found']:.3f}", f"{row['named_right']:.3f}",
+                      "-" if row["unknown_rejected"] is None else f"{row['unknown_rejected']:.3f}")
+    out.print(table)
+    if histogram:
+        out.print(f"histogram: {similarity_histogram(settings, histogram)}")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))

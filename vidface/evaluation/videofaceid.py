@@ -1,0 +1,146 @@
+"""End-to-end evaluation on real clips with per-frame truth (``videofaceid``).
+
+For every annotated face in every frame: was a face found there (IoU >= 0.3
+with one of ours, one-to-one), was it given the right name (the truth's
+name, or no name for ``Unknown``), and of the found unknown faces, how many
+were correctly left unnamed. Only one unknown face per frame is annotated,
+so extra unnamed faces are not errors; a face we *named* where the truth
+has nobody is counted as a false name.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import box_iou, data_root, require
+
+UNKNOWN = "Unknown"
+MIN_IOU = 0.3
+
+
+def clip_truth(path: Path) -> dict[int, list[tuple[str, np.ndarray]]]:
+    """``{frame: [(identity, box xyxy)]}`` from a truth file."""
+    truth = json.loads(Path(path).read_text())
+    frames: dict[int, list] = {}
+    for track in truth["tracks"]:
+        for frame, box in track["boxes_xyxy"].items():
+            frames.setdefault(int(frame), []).append((track["identity"], np.array(box, np.float32)))
+    return frames
+
+
+def score_clip(truth: dict[int, list], document: dict) -> dict:
+    """Counts for one clip from its truth and our track log."""
+    ours: dict[int, list] = {}
+    for track in document["tracks"]:
+        for detection in track["detections"]:
+            ours.setdefault(detection["frame"], []).append((track["identity"], np.array(detection["box"], np.float32)))
+    counts = {"truth_boxes": 0, "found": 0, "named_right": 0, "unknown_found": 0, "unknown_rejected": 0,
+              "false_names": 0}
+    for frame, faces in truth.items():
+        predicted = ours.get(frame, [])
+        counts["truth_boxes"] += len(faces)
+        if not predicted:
+            continue
+        iou = box_iou(np.stack([b for _, b in faces]), np.stack([b for _, b in predicted]))
+        used_truth, used_ours = set(), set()
+        for flat in np.argsort(-iou, axis=None):
+            t, p = np.unravel_index(flat, iou.shape)
+            if iou[t, p] < MIN_IOU:
+                break
+            if t in used_truth or p in used_ours:
+                continue
+            used_truth.add(t)
+            used_ours.add(p)
+            truth_name, our_name = faces[t][0], predicted[p][0]
+            counts["found"] += 1
+            if truth_name == UNKNOWN:
+                counts["unknown_found"] += 1
+                counts["unknown_rejected"] += our_name is None
+                counts["named_right"] += our_name is None
+            else:
+                counts["named_right"] += our_name == truth_name
+        counts["false_names"] += sum(1 for p, (name, _) in enumerate(predicted) if p not in used_ours and name)
+    return counts
+
+
+def _rates(name: str, counts: dict) -> dict:
+    total = max(counts["truth_boxes"], 1)
+    return {
+        "clip": name,
+        **counts,
+        "found": counts["found"] / total,
+        "found_count": counts["found"],
+        "named_right": counts["named_right"] / total,
+        "unknown_rejected": counts["unknown_rejected"] / counts["unknown_found"] if counts["unknown_found"] else None,
+    }
+
+
+def evaluate_clips(settings, root: Path | None = None) -> dict:
+    """Annotate every clip (log only) and score it; returns per-clip rows and a total row."""
+    from ..gallery import build_gallery
+    from ..pipeline import Models, annotate
+
+    base = require((root or data_root()) / "videofaceid", "videofaceid clips")
+    models = Models.load(settings)
+    gallery = build_gallery(base / "gallery", models.detector, models.embedder)
+    rows, total = [], None
+    with tempfile.TemporaryDirectory() as scratch:
+        for clip in sorted((base / "clips").glob("*.mp4")):
+            truth_file = base / "truth" / f"{clip.stem}.json"
+            if not truth_file.exists():
+                continue
+            result = annotate(clip, gallery, None, Path(scratch) / f"{clip.stem}.json", settings, models)
+            counts = score_clip(clip_truth(truth_file), result.document)
+            rows.append(_rates(clip.stem, counts))
+            total = counts if total is None else {k: total[k] + counts[k] for k in counts}
+    return {"clips": rows, "total": _rates("all clips", total), "threshold": models.threshold(settings)}
+
+
+def gallery_similarities(settings, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities of same-person and different-person gallery photo pairs."""
+    from ..gallery import build_gallery
+    from ..pipeline import Models
+
+    models = Models.load(settings)
+    gallery = build_gallery(require((root or data_root()) / "videofaceid" / "gallery", "videofaceid gallery"),
+                            models.detector, models.embedder)
+    similarity = gallery.embeddings @ gallery.embeddings.T
+    upper = np.triu_indices(len(similarity), k=1)
+    same = gallery.owners[upper[0]] == gallery.owners[upper[1]]
+    values = similarity[upper]
+    return values[same], values[~same]
+
+
+def recommend_threshold(same: np.ndarray, different: np.ndarray, max_false_accept: float = 0.01) -> float:
+    """The lowest threshold that lets through at most ``max_false_accept`` of different-person pairs."""
+    ordered = np.sort(different)[::-1]
+    allowed = int(np.floor(max_false_accept * len(ordered)))
+    return float(ordered[min(allowed, len(ordered) - 1)] + 1e-4)
+
+
+def similarity_histogram(settings, png: Path, root: Path | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    same, different = gallery_similarities(settings, root)
+    threshold = recommend_threshold(same, different)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    bins = np.linspace(-0.5, 1.0, 61)
+    axis.hist(different, bins=bins, alpha=0.6, density=True, label=f"different people ({len(different)} pairs)")
+    axis.hist(same, bins=bins, alpha=0.6, density=True, label=f"same person ({len(same)} pairs)")
+    axis.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.2f} (FAR 1%)")
+    axis.set_xlabel("cosine similarity")
+    axis.set_ylabel("density")
+    axis.set_title("videofaceid gallery: photo-pair similarity")
+    axis.legend()
+    figure.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(png, dpi=100)
+    plt.close(figure)
+    return png
