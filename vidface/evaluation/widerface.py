@@ -68,15 +68,17 @@ def image_eval(predictions: np.ndarray, truth: np.ndarray, kept: np.ndarray, iou
 
 
 def image_pr(scores: np.ndarray, proposal: np.ndarray, recalled_after: np.ndarray) -> np.ndarray:
-    """``(THRESHOLDS, 2)``: counted proposals and recalled faces at each score threshold."""
+    """``(THRESHOLDS, 2)``: counted proposals and recalled faces at each score threshold.
+
+    ``scores`` must be sorted in descending order (as :func:`evaluate_predictions` does).
+    """
+    thresholds = 1 - (np.arange(THRESHOLDS) + 1) / THRESHOLDS
+    above = (scores[None, :] >= thresholds[:, None]).sum(axis=1)
+    counted = np.cumsum(proposal == 1)
     info = np.zeros((THRESHOLDS, 2))
-    for step in range(THRESHOLDS):
-        threshold = 1 - (step + 1) / THRESHOLDS
-        above = np.where(scores >= threshold)[0]
-        if len(above):
-            last = above[-1]
-            info[step, 0] = (proposal[: last + 1] == 1).sum()
-            info[step, 1] = recalled_after[last]
+    has = above > 0
+    info[has, 0] = counted[above[has] - 1]
+    info[has, 1] = recalled_after[above[has] - 1]
     return info
 
 
