@@ -149,21 +149,21 @@ def gallery_show(
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
     """List people, photo counts and problem photos."""
-    from .gallery import build_gallery
+    from .gallery import scan_gallery
     from .pipeline import Models
 
     models = Models.load(_settings(device=device, detector=detector, embedder=embedder))
-    gallery = build_gallery(folder, models.detector, models.embedder, strict=False)
+    photos, _ = scan_gallery(folder, models.detector, models.embedder)
     table = Table(title=f"gallery {folder}")
     for column in ("person", "photos", "usable", "problems"):
         table.add_column(column)
     by_person: dict[str, list] = {}
-    for photo in gallery.photos:
+    for photo in photos:
         by_person.setdefault(photo.person, []).append(photo)
-    for person, photos in by_person.items():
-        problems = ", ".join(f"{p.path.name} ({p.status})" for p in photos if p.status != "ok")
-        usable = sum(p.status == "ok" for p in photos)
-        table.add_row(person, str(len(photos)), str(usable) if usable else "[red]0[/red]", problems or "-")
+    for person, person_photos in by_person.items():
+        problems = ", ".join(f"{p.path.name} ({p.status})" for p in person_photos if p.status != "ok")
+        usable = sum(p.status == "ok" for p in person_photos)
+        table.add_row(person, str(len(person_photos)), str(usable) if usable else "[red]0[/red]", problems or "-")
     out.print(table)
 
 

@@ -160,13 +160,9 @@ def largest_face(detections):
     return max(detections, key=lambda d: d.area) if detections else None
 
 
-def build_gallery(folder: Path, detector, embedder, cache_dir: Path | None = None, use_cache: bool = True,
-                  strict: bool = True) -> Gallery:
-    """Detect, align and embed the subject of every gallery photo (cached).
-
-    strict: raise :class:`GalleryError` naming the folder of a person with no
-    usable photo; otherwise such a person is left out.
-    """
+def scan_gallery(folder: Path, detector, embedder, cache_dir: Path | None = None,
+                 use_cache: bool = True) -> tuple[list[GalleryPhoto], dict[str, list[np.ndarray]]]:
+    """Detect, align and embed the subject of every photo (cached): ``(photos, {person: [vectors]})``."""
     folder = Path(folder)
     people = list_gallery(folder)
     from .embed import file_fingerprint
@@ -180,9 +176,9 @@ def build_gallery(folder: Path, detector, embedder, cache_dir: Path | None = Non
     cached = _read_cache(cache_path, model_key) if use_cache else {}
     entries: dict[str, tuple] = {}
     photos: list[GalleryPhoto] = []
-    vectors, owners, names = [], [], []
+    vectors: dict[str, list[np.ndarray]] = {}
     for person, paths in people.items():
-        person_vectors = []
+        vectors[person] = []
         for path in paths:
             try:
                 digest = _content_hash(path)
@@ -195,22 +191,36 @@ def build_gallery(folder: Path, detector, embedder, cache_dir: Path | None = Non
             entries[digest] = cached[digest]
             photos.append(GalleryPhoto(person, path, status, faces, box.tolist() if status == "ok" else None))
             if status == "ok":
-                person_vectors.append(vector)
+                vectors[person].append(vector)
+    if use_cache and entries:
+        try:
+            _write_cache(cache_path, model_key, entries, embedder.dim)
+        except OSError:
+            pass  # an unwritable cache only costs time
+    return photos, vectors
+
+
+def build_gallery(folder: Path, detector, embedder, cache_dir: Path | None = None, use_cache: bool = True,
+                  strict: bool = True) -> Gallery:
+    """The gallery of ``folder`` (see :func:`scan_gallery`).
+
+    strict: raise :class:`GalleryError` naming the folder of a person with no
+    usable photo; otherwise such a person is left out.
+    """
+    folder = Path(folder)
+    photos, vectors = scan_gallery(folder, detector, embedder, cache_dir, use_cache)
+    names, rows, owners = [], [], []
+    for person, person_vectors in vectors.items():
         if not person_vectors:
             if strict:
                 raise GalleryError(f"gallery person {person!r} has no usable photo (no face found in {folder / person})")
             continue
         names.append(person)
-        vectors.extend(person_vectors)
+        rows.extend(person_vectors)
         owners.extend([len(names) - 1] * len(person_vectors))
     if not names:
         raise GalleryError(f"gallery {folder} has no usable photo")
-    if use_cache:
-        try:
-            _write_cache(cache_path, model_key, entries, embedder.dim)
-        except OSError:
-            pass  # an unwritable cache only costs time
-    return Gallery(folder, names, np.stack(vectors), np.array(owners), photos)
+    return Gallery(folder, names, np.stack(rows), np.array(owners), photos)
 
 
 def _embed_photo(path: Path, detector, embedder) -> tuple[str, int, np.ndarray, np.ndarray]:

@@ -1,0 +1,76 @@
+"""detect, embed, gallery and bench commands with real (random-weight) models."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import make_video
+from test_cli import one_error_line, run_cli
+from vidface.errors import InputError, OutputError
+
+
+@pytest.fixture
+def model_args(random_models):
+    detector, embedder = random_models
+    return ["--detector", detector, "--embedder", embedder, "--device", "cpu"]
+
+
+def test_embed_an_aligned_crop_prints_a_unit_vector(tmp_path, capsys, model_args):
+    crop = np.random.default_rng(0).integers(0, 255, (112, 112, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "crop.png"), crop)
+    code, out, err = run_cli(capsys, "embed", tmp_path / "crop.png", *model_args)
+    assert code == 0, err
+    vector = np.array(json.loads(out))
+    assert vector.shape == (512,) and np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-4)
+    code, _, err = run_cli(capsys, "embed", tmp_path / "crop.png", "-o", tmp_path / "v.npy", *model_args)
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy", allow_pickle=False), vector, atol=1e-5)
+    code, _, err = run_cli(capsys, "embed", tmp_path / "crop.png", "-o", tmp_path / "v.txt", *model_args)
+    assert code == OutputError.exit_code
+
+
+def test_embed_photo_without_face_is_a_clean_error(tmp_path, capsys, model_args):
+    cv2.imwrite(str(tmp_path / "wall.jpg"), np.full((300, 400, 3), 128, np.uint8))
+    code, _, err = run_cli(capsys, "embed", tmp_path / "wall.jpg", *model_args)
+    assert code == InputError.exit_code and "no face" in one_error_line(err)
+
+
+def test_detect_writes_annotated_copy_and_json(tmp_path, capsys, model_args):
+    photo = tmp_path / "p.jpg"
+    cv2.imwrite(str(photo), np.random.default_rng(1).integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    before = photo.read_bytes()
+    code, out, err = run_cli(capsys, "detect", photo, "--det-conf", "0.0001", *model_args)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["output"].endswith("p.vidface.jpg") and isinstance(report["faces"], list)
+    assert cv2.imread(report["output"]).shape == (200, 300, 3)
+    assert photo.read_bytes() == before
+
+
+@pytest.mark.parametrize("content", [None, b"not an image"])
+def test_detect_bad_photo(tmp_path, capsys, model_args, content):
+    photo = tmp_path / "p.jpg"
+    if content is not None:
+        photo.write_bytes(content)
+    code, _, err = run_cli(capsys, "detect", photo, *model_args)
+    assert code == InputError.exit_code and str(photo) in one_error_line(err)
+
+
+def test_gallery_show_lists_problems(tmp_path, capsys, model_args):
+    (tmp_path / "g" / "Ann").mkdir(parents=True)
+    (tmp_path / "g" / "Ann" / "bad.jpg").write_bytes(b"broken")
+    cv2.imwrite(str(tmp_path / "g" / "Ann" / "grey.jpg"), np.full((50, 50, 3), 90, np.uint8))
+    code, out, err = run_cli(capsys, "gallery", "show", tmp_path / "g", *model_args)
+    assert code == 0, err
+    assert "Ann" in out and "bad.jpg (unreadable)" in out and "grey.jpg (no-face)" in out
+
+
+def test_bench_prints_every_stage(tmp_path, capsys, model_args):
+    video = make_video(tmp_path / "v.mp4", frames=10)
+    code, out, err = run_cli(capsys, "bench", video, "--imgsz", "64", *model_args)
+    assert code == 0, err
+    for stage in ("decode", "detect", "align+embed", "track+draw", "encode", "end to end"):
+        assert stage in out
+    assert list(tmp_path.iterdir()) == [video]
