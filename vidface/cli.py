@@ -96,13 +96,17 @@ def annotate(
     """Annotate a video: boxes, names and similarity drawn on it, plus a JSON track log."""
     from tqdm import tqdm
 
-    from .pipeline import Models, annotate as run_annotate
+    from .gallery import list_gallery
     from .io import probe_video
+    from .pipeline import Models, annotate as run_annotate, resolve_outputs
 
     settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
                          match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
                          draw_landmarks=landmarks, detector=detector, embedder=embedder)
     info = probe_video(input)
+    resolve_outputs(input, output, log, settings.write_video, overwrite)  # fail before loading any model
+    if gallery is not None:
+        list_gallery(gallery)
     models = Models.load(settings)
     known = _load_gallery(gallery, models, quiet)
     bar = tqdm(total=info.frames or None, unit="frame", desc=input.name, disable=quiet, file=sys.stderr)

@@ -141,6 +141,18 @@ def check_output(path: Path, input_path: Path, overwrite: bool) -> None:
         raise OutputError(f"output folder is not writable: {parent}")
 
 
+def resolve_outputs(input_path: Path, video_out: Path | None, log_out: Path | None, write_video: bool,
+                    overwrite: bool) -> tuple[Path | None, Path]:
+    """The output paths of a run (defaults beside the input), checked before any work starts."""
+    default_video, default_log = default_outputs(Path(input_path))
+    video_out = Path(video_out) if video_out else (default_video if write_video else None)
+    log_out = Path(log_out) if log_out else default_log
+    for path in (video_out, log_out):
+        if path is not None:
+            check_output(path, input_path, overwrite)
+    return video_out, log_out
+
+
 class FrameProcessor:
     """Detects, embeds, matches and tracks batches of frames; shared by files, batch and webcam."""
 
@@ -230,12 +242,7 @@ def annotate(
     settings = settings or AnnotateSettings()
     input_path = Path(input_path)
     info = probe_video(input_path)
-    default_video, default_log = default_outputs(input_path)
-    video_out = Path(video_out) if video_out else (default_video if settings.write_video else None)
-    log_out = Path(log_out) if log_out else default_log
-    for path in (video_out, log_out):
-        if path is not None:
-            check_output(path, input_path, overwrite)
+    video_out, log_out = resolve_outputs(input_path, video_out, log_out, settings.write_video, overwrite)
     models = models or Models.load(settings)
     threshold = models.threshold(settings)
     processor = FrameProcessor(models, gallery, threshold, settings, info.fps)
