@@ -1,0 +1,88 @@
+"""Training building blocks: ArcFace margin, augmentation, teacher-labelled YOLO-pose rows."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from vidface.evaluation.teachers import TeacherOutput
+from vidface.datasets import WiderImage
+from vidface.train.embedder import ArcFaceHead, EmbedderTrainConfig, augment
+from vidface.train.widerface_data import FLIP_INDEX, PoseLabel, label_image, pose_label_lines
+
+
+def head_with_angle(theta, margin=0.5, easy=False):
+    head = ArcFaceHead(2, 2, scale=1.0, margin=margin, easy_margin=easy)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    embedding = torch.tensor([[math.cos(theta), math.sin(theta)]])
+    return head(embedding, torch.tensor([0]))[0]
+
+
+def test_margin_is_added_to_the_true_class_angle():
+    logits = head_with_angle(0.3)
+    assert logits[0].item() == pytest.approx(math.cos(0.3 + 0.5), abs=1e-5)
+    assert logits[1].item() == pytest.approx(math.cos(math.pi / 2 - 0.3), abs=1e-5)  # other class untouched
+
+
+def test_fallback_keeps_logit_monotonic_past_pi_minus_m():
+    margin = 0.5
+    thetas = np.linspace(0.1, math.pi - 0.05, 200)
+    logits = [head_with_angle(t, margin)[0].item() for t in thetas]
+    assert all(a >= b - 1e-6 for a, b in zip(logits, logits[1:])), "target logit must fall as the angle grows"
+    beyond = math.pi - 0.2
+    assert head_with_angle(beyond, margin)[0].item() == pytest.approx(
+        math.cos(beyond) - math.sin(math.pi - margin) * margin, abs=1e-5)
+
+
+def test_easy_margin_applies_only_when_cosine_is_positive():
+    assert head_with_angle(2.0, easy=True)[0].item() == pytest.approx(math.cos(2.0), abs=1e-5)
+    assert head_with_angle(0.4, easy=True)[0].item() == pytest.approx(math.cos(0.9), abs=1e-5)
+
+
+def test_augment_keeps_shape_and_changes_pixels():
+    crop = np.random.default_rng(0).integers(0, 255, (112, 112, 3), dtype=np.uint8)
+    config = EmbedderTrainConfig()
+    outputs = [augment(crop, config, random.Random(seed)) for seed in range(10)]
+    assert all(o.shape == (112, 112, 3) and o.dtype == np.uint8 for o in outputs)
+    assert sum(not np.array_equal(o, crop) for o in outputs) >= 8
+
+
+def test_pose_rows_keep_every_box_and_mark_unlabelled_landmarks_invisible():
+    label = PoseLabel(
+        boxes=np.array([[10, 20, 50, 80], [100, 100, 120, 130]], np.float32),
+        landmarks=np.array([[[20, 40], [40, 40], [30, 55], [22, 65], [38, 65]], np.zeros((5, 2))], np.float32),
+        visible=np.array([True, False]),
+    )
+    rows = [list(map(float, line.split())) for line in pose_label_lines(label, 200, 200)]
+    assert len(rows) == 2 and all(len(r) == 20 for r in rows)
+    assert rows[0][1:5] == pytest.approx([0.15, 0.25, 0.2, 0.3])
+    assert rows[0][5:8] == pytest.approx([0.1, 0.2, 2.0])
+    assert rows[1][5:] == [0.0] * 15
+    assert FLIP_INDEX == [1, 0, 2, 4, 3]
+    outside = PoseLabel(np.array([[10, 250, 50, 290]], np.float32), np.zeros((1, 5, 2), np.float32), np.array([False]))
+    assert pose_label_lines(outside, 200, 200) == []
+
+
+def test_teacher_landmarks_go_to_the_best_overlapping_truth_box():
+    record = WiderImage(None, "x.jpg", np.array([[0, 0, 40, 40], [100, 0, 140, 40], [0, 0, 2, 2]], np.float32),
+                        np.array([False, False, False]))
+    points = np.arange(20, dtype=np.float32).reshape(2, 5, 2)
+
+    def teacher(image):
+        return TeacherOutput(np.array([[101, 1, 141, 41], [300, 300, 340, 340]], np.float32),
+                             np.array([0.9, 0.9], np.float32), points)
+
+    label = label_image(np.zeros((200, 400, 3), np.uint8), record, teacher, min_face=4, match_iou=0.5)
+    assert len(label.boxes) == 2, "the 2-pixel box is dropped"
+    assert list(label.visible) == [False, True]
+    np.testing.assert_array_equal(label.landmarks[1], points[0])
+
+
+def test_invalid_boxes_are_dropped():
+    record = WiderImage(None, "x.jpg", np.array([[0, 0, 40, 40], [100, 0, 140, 40]], np.float32), np.array([True, False]))
+    empty = TeacherOutput(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+    label = label_image(np.zeros((50, 200, 3), np.uint8), record, lambda image: empty, 4, 0.5)
+    np.testing.assert_array_equal(label.boxes, [[100, 0, 140, 40]])
