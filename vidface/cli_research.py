@@ -133,6 +133,8 @@ def eval_widerface(
     imgsz: int = typer.Option(640, "--imgsz"),
     conf: float = typer.Option(0.01, "--conf", help="lowest score kept (the PR curve needs low scores)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="only the first N val-eval images"),
+    landmark_teacher: Optional[str] = typer.Option(None, "--landmarks-vs",
+                                                   help="also measure our landmarks against a teacher: yunet, scrfd"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
     """Official WIDER FACE protocol on val-eval: AP for easy, medium and hard."""
@@ -149,8 +151,27 @@ def eval_widerface(
         table.add_column(subset)
     table.add_row(*[f"{ap:.3f}" for ap in report.ap.values()])
     out.print(table)
+    result = {"model": model, "imgsz": imgsz, "images": report.images, "ap": report.ap}
+    if landmark_teacher:
+        from .detect import FaceDetector
+        from .evaluation.widerface import landmark_nme
+
+        ours = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=0.5)
+        teacher = _teacher(landmark_teacher, 0.6)
+
+        def our_points(image):
+            faces = ours([image])[0]
+            return np.array([f.box for f in faces]).reshape(-1, 4), [f.landmarks for f in faces]
+
+        def their_points(image):
+            found = teacher(image)
+            return found.boxes, list(found.landmarks)
+
+        nme, faces = landmark_nme(our_points, their_points, limit=limit)
+        out.print(f"landmark NME vs {landmark_teacher} (mean point error / sqrt(box area)): {nme:.4f} over {faces} faces")
+        result["landmarks"] = {"teacher": landmark_teacher, "nme": nme, "faces": faces}
     if json_out:
-        json_out.write_text(json.dumps({"model": model, "imgsz": imgsz, "images": report.images, "ap": report.ap}, indent=2))
+        json_out.write_text(json.dumps(result, indent=2))
 
 
 @eval_app.command("lfw")

@@ -34,7 +34,7 @@ def annotate_photo(image: np.ndarray, models, gallery, threshold: float) -> tupl
         records.append({
             "box": [round(float(v), 1) for v in detection.box],
             "score": round(detection.score, 4),
-            "landmarks": None if detection.landmarks is None else detection.landmarks.round(1).tolist(),
+            "landmarks": None if detection.landmarks is None else [[round(float(v), 1) for v in point] for point in detection.landmarks],
             "identity": face.label,
             "similarity": None if match is None else round(match.similarity, 4),
         })

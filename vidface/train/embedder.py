@@ -236,11 +236,11 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
             scaler.step(optimizer)
             scaler.update()
             seen += len(images)
-            totals["arcface"] += float(arcface) * len(images)
-            totals["distill"] += float(distill) * len(images)
+            totals["arcface"] += arcface.item() * len(images)
+            totals["distill"] += distill.item() * len(images)
             if step % 10 == 0:
-                log(f"epoch {epoch + 1}/{config.epochs} step {step}/{steps_per_epoch} arcface {float(arcface):.3f} "
-                    f"distill {float(distill):.4f} ({seen / (time.time() - started):.1f} img/s)")
+                log(f"epoch {epoch + 1}/{config.epochs} step {step}/{steps_per_epoch} arcface {arcface.item():.3f} "
+                    f"distill {distill.item():.4f} ({seen / (time.time() - started):.1f} img/s)")
         record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1),
                   **{k: round(v / max(seen, 1), 4) for k, v in totals.items()}}
         torch.save({"net": net.state_dict(), "head": head.state_dict(), "projector": projector.state_dict(),
