@@ -176,8 +176,8 @@ def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
 def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cpu", resume: bool = True,
                    log=print) -> Path:
     """Train, evaluating on LFW every ``eval_every`` epochs (for the log only: the last epoch is kept)."""
+    from ..embed import FaceEmbedder
     from ..evaluation.lfw import evaluate_lfw, load_lfw_bin
-    from ..embed import FaceEmbedder  # noqa: F401  (type of the exported model)
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -251,8 +251,6 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
         if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
             if lfw_images is None:
                 lfw_images, lfw_same = load_lfw_bin()
-            from ..embed import FaceEmbedder
-
             student = FaceEmbedder(run_dir / "embedder.safetensors", target)
             report = evaluate_lfw(student, lfw_images, lfw_same)
             record.update(lfw_accuracy=round(report.accuracy_mean, 4), lfw_best_threshold=round(report.best_threshold, 4),
