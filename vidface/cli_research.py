@@ -106,10 +106,12 @@ def train_embedder_command(
 
 def _detector_fn(model: str, imgsz: int, conf: float):
     """``image -> (P, 5)`` for our weights (a path) or a teacher name."""
-    if model in ("yunet", "scrfd"):
-        from .evaluation.teachers import ScrfdTeacher, YuNetTeacher
+    if model in ("yunet", "scrfd", "centerface"):
+        from .evaluation.teachers import CenterFaceTeacher, ScrfdTeacher, YuNetTeacher
 
-        teacher = YuNetTeacher(score_threshold=conf) if model == "yunet" else ScrfdTeacher(score_threshold=conf, size=imgsz)
+        teacher = {"yunet": lambda: YuNetTeacher(score_threshold=conf),
+                   "scrfd": lambda: ScrfdTeacher(score_threshold=conf, size=imgsz),
+                   "centerface": lambda: CenterFaceTeacher(score_threshold=conf)}[model]()
 
         def run_teacher(image):
             found = teacher(image)
@@ -129,7 +131,7 @@ def _detector_fn(model: str, imgsz: int, conf: float):
 
 @eval_app.command("widerface")
 def eval_widerface(
-    model: str = typer.Option(..., "--model", help="detector .safetensors, or a teacher: yunet, scrfd"),
+    model: str = typer.Option(..., "--model", help="detector .safetensors, or a teacher: yunet, scrfd, centerface"),
     imgsz: int = typer.Option(640, "--imgsz"),
     conf: float = typer.Option(0.01, "--conf", help="lowest score kept (the PR curve needs low scores)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="only the first N val-eval images"),

