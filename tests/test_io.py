@@ -96,3 +96,23 @@ def test_latest_only_reader_drops_stale_frames(tmp_path):
             time.sleep(0.12)  # a slow consumer
     assert seen[-1] >= 25 and len(seen) < 30
     assert reader.frames_dropped > 0
+
+
+def test_cv2_fallback_when_pyav_cannot_open(tmp_path, monkeypatch):
+    from vidface import io
+
+    path = make_video(tmp_path / "v.mp4", frames=6, fps=10)
+
+    def refuse(_path):
+        raise InputError("pyav refuses this file")
+
+    monkeypatch.setattr(io, "_probe_pyav", refuse)
+    info = probe_video(path)
+    assert info.backend == "cv2" and (info.width, info.height, info.frames) == (160, 120, 6)
+    with VideoReader(path) as reader:
+        frames = list(reader)
+    assert reader.backend == "cv2" and len(frames) == 6
+    assert frames[-1].time_s == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(InputError, match="pyav refuses"):
+        (tmp_path / "junk.mp4").write_bytes(b"junk" * 100)
+        probe_video(tmp_path / "junk.mp4")

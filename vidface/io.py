@@ -48,6 +48,7 @@ class VideoInfo:
     rotation: int = 0
     has_audio: bool = False
     codec: str = ""
+    backend: str = "pyav"
 
     def as_log(self) -> dict:
         return {"path": self.path, "width": self.width, "height": self.height, "fps": round(self.fps, 4),
@@ -66,11 +67,40 @@ def _check_file(path: Path) -> None:
 
 
 def probe_video(path: Path) -> VideoInfo:
-    """Open ``path`` and read its video stream's properties; :class:`InputError` if it is not a video."""
-    import av
+    """Open ``path`` and read its video stream's properties; :class:`InputError` if it is not a video.
 
+    PyAV is tried first; a file it cannot open is tried with ``cv2.VideoCapture``.
+    """
     path = Path(path)
     _check_file(path)
+    try:
+        return _probe_pyav(path)
+    except InputError as error:
+        fallback = _probe_cv2(path)
+        if fallback is None:
+            raise error
+        return fallback
+
+
+def _probe_cv2(path: Path) -> VideoInfo | None:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            return None
+        ok, image = capture.read()
+        if not ok or image is None:
+            return None
+        fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+        frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        height, width = image.shape[:2]
+        return VideoInfo(str(path), width, height, fps, frames, frames / fps if fps else 0.0, backend="cv2")
+    finally:
+        capture.release()
+
+
+def _probe_pyav(path: Path) -> VideoInfo:
+    import av
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -137,14 +167,14 @@ class VideoReader:
         self.frames_dropped = 0
         self.backend = backend
         self.info: VideoInfo | None = None
-        if isinstance(source, int) or backend == "cv2":
-            self._capture = self._open_cv2(source)
+        if not isinstance(source, int) and backend != "cv2" and Path(source).exists():
+            self.info = probe_video(Path(source))
+            self.backend = self.info.backend
+        elif not isinstance(source, int) and backend != "cv2":
+            self.backend = "pyav"  # a URL: PyAV streams it
+        if isinstance(source, int) or self.backend == "cv2":
+            self._capture = self._open_cv2(source if isinstance(source, int) else str(source))
             self.backend = "cv2"
-        else:
-            path = Path(source)
-            if path.exists() or backend == "pyav":
-                self.info = probe_video(path)
-            self.backend = "pyav"
         self._thread = threading.Thread(target=self._run, name="vidface-decode", daemon=True)
         self._thread.start()
 
