@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .cli_research import data_app, eval_app, train_app
 from .errors import InputError, VidfaceError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,16 +24,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 gallery_app = typer.Typer(no_args_is_help=True, help="Build and inspect galleries (one folder of photos per person).")
 app.add_typer(gallery_app, name="gallery")
 
-
-def _add_research_commands() -> None:
-    from .cli_research import data_app, eval_app, train_app
-
-    app.add_typer(data_app, name="data")
-    app.add_typer(train_app, name="train")
-    app.add_typer(eval_app, name="eval")
-
-
-_add_research_commands()
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 out = Console()
 err = Console(stderr=True)
 
@@ -56,7 +50,7 @@ def _load_gallery(folder: Optional[Path], models, quiet: bool = False):
     gallery = build_gallery(folder, models.detector, models.embedder)
     if not quiet:
         for photo in gallery.problems:
-            err.print(f"[yellow]gallery: skipped {photo.path} ({photo.status})[/yellow]")
+            err.print(f"gallery: skipped {photo.path} ({photo.status})", style="yellow", markup=False)
     return gallery
 
 
@@ -119,8 +113,8 @@ def annotate(
     finally:
         bar.close()
     if result.truncated:
-        err.print(f"[yellow]warning: {input} is truncated or damaged; annotated the {result.frames} frames "
-                  f"that could be decoded ({result.warning})[/yellow]")
+        err.print(f"warning: {input} is truncated or damaged; annotated the {result.frames} frames "
+                  f"that could be decoded ({result.warning})", style="yellow", markup=False)
     if not quiet:
         print_summary(result.summary, f"{input.name}: {result.frames} frames in {result.seconds:.1f}s "
                                       f"({result.frames / max(result.seconds, 1e-9):.1f} frames/s)")
@@ -325,7 +319,7 @@ def batch(
         if not quiet and not as_json:
             colour = {"ok": "green", "failed": "red", "skipped": "dim"}.get(item.status, "white")
             extra = f" ({item.error})" if item.error else ""
-            err.print(f"[{colour}]{item.status:>7}[/{colour}] {item.source}{extra}", highlight=False)
+            err.print(f"{item.status:>7} {item.source}{extra}", style=colour, markup=False, highlight=False)
 
     result = run_batch(inputs, out_dir, gallery, settings, pattern, recursive, jobs, retry_failed, on_item=report)
     if as_json:
