@@ -86,3 +86,17 @@ def test_invalid_boxes_are_dropped():
     empty = TeacherOutput(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
     label = label_image(np.zeros((50, 200, 3), np.uint8), record, lambda image: empty, 4, 0.5)
     np.testing.assert_array_equal(label.boxes, [[100, 0, 140, 40]])
+
+
+def test_centred_teacher_vectors_spread_over_the_sphere():
+    from vidface.train.embedder import centre_teacher
+
+    rng = np.random.default_rng(0)
+    axis = np.ones(16) / 4.0
+    narrow = axis + 0.15 * rng.normal(size=(200, 16))  # all within a narrow cone, like dlib's
+    narrow /= np.linalg.norm(narrow, axis=1, keepdims=True)
+    before = (narrow @ narrow.T)[np.triu_indices(200, 1)].mean()
+    centred = centre_teacher(narrow)
+    after = (centred @ centred.T)[np.triu_indices(200, 1)].mean()
+    assert before > 0.7 and abs(after) < 0.05
+    np.testing.assert_allclose(np.linalg.norm(centred, axis=1), 1.0, rtol=1e-5)
