@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from vidface.datasets import data_root
+from vidface.embed import file_fingerprint
 from vidface.pipeline import default_detector, default_embedder
 from vidface.structures import Detection
 
@@ -125,6 +126,10 @@ class ColourEmbedder:
 
     def __init__(self, weights_path: Path):
         self.weights_path = weights_path
+
+    @property
+    def fingerprint(self) -> str:
+        return file_fingerprint(self.weights_path)
 
     def __call__(self, crops):
         vectors = np.array([np.append(c.reshape(-1, 3).mean(axis=0), 20.0) for c in crops], np.float32).reshape(-1, 4)

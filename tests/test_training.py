@@ -100,3 +100,32 @@ def test_centred_teacher_vectors_spread_over_the_sphere():
     after = (centred @ centred.T)[np.triu_indices(200, 1)].mean()
     assert before > 0.7 and abs(after) < 0.05
     np.testing.assert_allclose(np.linalg.norm(centred, axis=1), 1.0, rtol=1e-5)
+
+
+def test_stored_centre_is_subtracted_before_normalising(random_models, tmp_path):
+    import shutil
+
+    import cv2
+
+    from vidface.embed import FaceEmbedder
+    from vidface.train.embedder import store_embedding_centre
+
+    weights = tmp_path / "e.safetensors"
+    shutil.copyfile(random_models[1], weights)
+    shutil.copyfile(random_models[1].with_suffix(".json"), weights.with_suffix(".json"))
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 255, (112, 112, 3), dtype=np.uint8) for _ in range(6)]
+    paths = []
+    for index, crop in enumerate(crops):
+        paths.append(tmp_path / f"{index}.jpg")
+        cv2.imwrite(str(paths[-1]), crop, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    before = FaceEmbedder(weights)
+    centre = store_embedding_centre(weights, paths)
+    after = FaceEmbedder(weights)
+    decoded = [cv2.imread(str(p)) for p in paths]
+    np.testing.assert_allclose(centre, before.raw(decoded).mean(axis=0), rtol=1e-4, atol=1e-4)
+    expected = before.raw(decoded) - centre
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(after(decoded), expected, atol=1e-4)
+    assert abs(after(decoded).sum(axis=0)).max() < abs(before(decoded).sum(axis=0)).max()
+    assert after.fingerprint != before.fingerprint, "gallery caches must be rebuilt when the centre changes"

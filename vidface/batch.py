@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BusyError, InputError, VidfaceError
-from .tracklog import write_json_atomic
+from .files import write_json_atomic
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts"}
 LOCK_NAME = ".vidface-batch.lock"
@@ -175,10 +175,15 @@ def remove_stale_temporaries(out_dir: Path) -> int:
     """Delete hidden temporaries a killed run left behind; returns how many."""
     removed = 0
     for path in out_dir.rglob(".*"):
-        if path.is_file() and (".vidface-" in path.name or path.name.endswith(".tmp")) and path.name != LOCK_NAME:
+        if path.is_file() and _is_temporary(path.name) and path.name != LOCK_NAME:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def _is_temporary(name: str) -> bool:
+    """Names made by :func:`vidface.io.temporary_sibling` and :func:`vidface.files.write_atomically`."""
+    return ".vidface-" in name or name.endswith(".tmp") or ".tmp." in name
 
 
 class _Serialised:
@@ -230,7 +235,7 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
         recipe = {
             "gallery": gallery_identity(gallery),
             "detector": file_fingerprint(models.detector.weights_path),
-            "embedder": file_fingerprint(models.embedder.weights_path),
+            "embedder": models.embedder.fingerprint,
             "settings": {k: v for k, v in settings.for_log(threshold).items() if k not in ("detector", "embedder", "device")},
         }
         if jobs > 1:

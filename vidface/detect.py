@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import ModelError
+from .files import write_atomically
 from .offline import ultralytics_offline
 from .structures import Detection
 
@@ -40,11 +41,7 @@ def save_detector(model: torch.nn.Module, path: Path, imgsz: int = 640, extra: d
         "imgsz": str(imgsz),
     }
     metadata.update({k: str(v) for k, v in (extra or {}).items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(state, str(temporary), metadata=metadata)
-    temporary.replace(path)
-    return path
+    return write_atomically(path, lambda temporary: save_file(state, temporary, metadata=metadata))
 
 
 def load_pose_model(path: Path) -> tuple[torch.nn.Module, dict]:

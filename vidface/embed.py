@@ -20,6 +20,7 @@ from torch import nn
 
 from .align import ALIGNED_SIZE, ARCFACE_TEMPLATE
 from .errors import ModelError
+from .files import write_atomically
 
 FORMAT = "vidface-embedder/1"
 
@@ -38,6 +39,9 @@ class EmbedderConfig:
     template: list[list[float]] = field(default_factory=lambda: ARCFACE_TEMPLATE.tolist())
     #: open-set threshold on cosine similarity recommended for these weights (``--match-threshold``)
     match_threshold: float = 0.4
+    #: mean raw embedding of the training crops, ``D`` floats subtracted before L2 normalisation;
+    #: a constant component shared by all faces would otherwise inflate every cosine similarity
+    centre: list[float] | None = None
     format: str = FORMAT
 
 
@@ -76,14 +80,10 @@ def save_embedder(net: EmbedderNet, config: EmbedderConfig, weights: Path) -> Pa
     """Write ``weights`` (safetensors) and its JSON config atomically."""
     from safetensors.torch import save_file
 
-    weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    temporary = weights.with_name(weights.name + ".tmp")
-    save_file(state, str(temporary), metadata={"format": FORMAT})
-    config_temporary = config_path_for(weights).with_suffix(".json.tmp")
-    config_temporary.write_text(json.dumps(asdict(config), indent=2) + "\n")
-    temporary.replace(weights)
-    config_temporary.replace(config_path_for(weights))
+    write_atomically(weights, lambda temporary: save_file(state, temporary, metadata={"format": FORMAT}))
+    write_atomically(config_path_for(weights),
+                     lambda temporary: Path(temporary).write_text(json.dumps(asdict(config), indent=2) + "\n"))
     return weights
 
 
@@ -144,21 +144,41 @@ class FaceEmbedder:
         self.flip = flip
         self.weights_path = Path(weights)
         self.dim = self.config.embedding_size
+        self._centre = None
+        if self.config.centre is not None:
+            if len(self.config.centre) != self.dim:
+                raise ModelError(f"embedder config {config_path_for(self.weights_path)}: centre has "
+                                 f"{len(self.config.centre)} values, embeddings have {self.dim}")
+            self._centre = torch.tensor(self.config.centre, dtype=torch.float32, device=self.device)
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of the weights and their config (both change what the embeddings are)."""
+        digest = hashlib.sha256(file_fingerprint(self.weights_path).encode())
+        digest.update(json.dumps(asdict(self.config), sort_keys=True).encode())
+        digest.update(str(self.flip).encode())
+        return digest.hexdigest()[:16]
 
     @torch.inference_mode()
-    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
-        """``(N, D)`` float32 unit vectors for ``N`` aligned BGR crops."""
-        if len(crops) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        outputs = []
+    def raw(self, crops: list[np.ndarray]) -> np.ndarray:
+        """``(N, D)`` float32 network outputs, neither centred nor normalised."""
+        outputs = [np.zeros((0, self.dim), np.float32)]
         for start in range(0, len(crops), self.batch_size):
             tensor = crops_to_tensor(crops[start : start + self.batch_size], self.config).to(self.device)
             tensor = tensor.half() if self.half else tensor
             vectors = self.net(tensor).float()
             if self.flip:
-                vectors = vectors + self.net(torch.flip(tensor, dims=[3])).float()
-            outputs.append(nn.functional.normalize(vectors, dim=1, eps=1e-30).cpu().numpy())
+                vectors = (vectors + self.net(torch.flip(tensor, dims=[3])).float()) / 2
+            outputs.append(vectors.cpu().numpy())
         return np.concatenate(outputs).astype(np.float32)
+
+    @torch.inference_mode()
+    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
+        """``(N, D)`` float32 unit vectors for ``N`` aligned BGR crops."""
+        vectors = torch.from_numpy(self.raw(crops))
+        if self._centre is not None:
+            vectors = vectors - self._centre.cpu()
+        return nn.functional.normalize(vectors, dim=1, eps=1e-30).numpy()
 
 
 def file_fingerprint(path: Path) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 
 from .align import align_face
 from .errors import GalleryError
+from .files import write_atomically
 from .structures import Match
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -141,10 +142,8 @@ def _read_cache(path: Path, model_key: str) -> dict[str, tuple[str, int, np.ndar
 
 
 def _write_cache(path: Path, model_key: str, entries: dict, dim: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     hashes = sorted(entries)
-    temporary = path.with_name(path.name + ".tmp.npz")
-    np.savez(
+    write_atomically(path, lambda temporary: np.savez(
         temporary,
         model_key=np.array(model_key),
         hashes=np.array(hashes, dtype="U64"),
@@ -152,8 +151,7 @@ def _write_cache(path: Path, model_key: str, entries: dict, dim: int) -> None:
         faces=np.array([entries[h][1] for h in hashes], dtype=np.int64),
         boxes=np.array([entries[h][2] for h in hashes], dtype=np.float32).reshape(-1, 4),
         embeddings=np.array([entries[h][3] for h in hashes], dtype=np.float32).reshape(-1, dim),
-    )
-    temporary.replace(path)
+    ))
 
 
 def largest_face(detections):
@@ -170,7 +168,7 @@ def scan_gallery(folder: Path, detector, embedder, cache_dir: Path | None = None
     model_key = "|".join([
         CACHE_VERSION,
         file_fingerprint(detector.weights_path), f"{detector.imgsz}:{detector.conf}",
-        file_fingerprint(embedder.weights_path), str(embedder.flip),
+        embedder.fingerprint,
     ])
     cache_path = _cache_file(folder, cache_dir or default_cache_dir())
     cached = _read_cache(cache_path, model_key) if use_cache else {}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -13,6 +11,7 @@ import numpy as np
 from .align import ALIGNED_SIZE, align_face
 from .draw import draw_faces
 from .errors import InputError, OutputError
+from .files import write_atomically
 from .gallery import largest_face
 from .structures import Face
 
@@ -52,31 +51,18 @@ def embed_image(image: np.ndarray, models) -> np.ndarray:
     return models.embedder([align_face(image, face.landmarks, face.box)])[0]
 
 
-def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent or ".")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_image_atomic(image: np.ndarray, path: Path) -> Path:
     def write(temporary: str) -> None:
         if not cv2.imwrite(temporary, image):
             raise OutputError(f"cannot write image {path} (unknown extension?)")
 
-    return _atomic(path, write)
+    return write_atomically(path, write)
 
 
 def save_vector(vector: np.ndarray, path: Path) -> Path:
     """Save as ``.npy`` (no pickle) or ``.json``."""
     if path.suffix.lower() == ".json":
-        return _atomic(path, lambda t: Path(t).write_text(json.dumps([float(v) for v in vector])))
+        return write_atomically(path, lambda t: Path(t).write_text(json.dumps([float(v) for v in vector])))
     if path.suffix.lower() == ".npy":
-        return _atomic(path, lambda t: np.save(t, np.asarray(vector, np.float32), allow_pickle=False))
+        return write_atomically(path, lambda t: np.save(t, np.asarray(vector, np.float32), allow_pickle=False))
     raise OutputError(f"--output must end in .npy or .json: {path}")

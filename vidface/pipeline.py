@@ -25,7 +25,8 @@ from .errors import InputError, OutputError
 from .io import AnnotatedVideoWriter, VideoInfo, VideoReader, probe_video
 from .structures import Face, FrameResult
 from .track import Tracker, TrackerSettings
-from .tracklog import TrackLog, summarize, write_json_atomic
+from .files import write_json_atomic
+from .tracklog import TrackLog, summarize
 
 
 def weights_dir() -> Path:

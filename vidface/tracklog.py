@@ -19,10 +19,6 @@ it was carried over.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -90,22 +86,6 @@ class TrackLog:
             "settings": self.settings,
             "tracks": tracks,
         }
-
-
-def write_json_atomic(document: dict[str, Any], path: Path) -> Path:
-    """Write JSON to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(document, stream, indent=1)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def summarize(document: dict[str, Any], frame_duration_s: float = 0.0) -> list[dict[str, Any]]:

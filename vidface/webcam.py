@@ -21,7 +21,8 @@ from .draw import draw_fps
 from .errors import InputError, OutputError
 from .io import AnnotatedVideoWriter, VideoReader
 from .pipeline import FrameProcessor, Models, gallery_log_info
-from .tracklog import TrackLog, summarize, write_json_atomic
+from .files import write_json_atomic
+from .tracklog import TrackLog, summarize
 
 WINDOW = "vidface"
 

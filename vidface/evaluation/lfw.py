@@ -8,7 +8,6 @@ on all pairs with its F1, ROC AUC, and TAR at FAR = 1e-2 and 1e-3.
 
 from __future__ import annotations
 
-import io
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path

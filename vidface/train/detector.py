@@ -47,15 +47,16 @@ def train_detector(
     workers: int = 2,
     resume: bool = False,
     time_hours: float | None = None,
+    init: Path | None = None,
 ) -> Path:
-    """Train (or resume) and return the path of the best checkpoint."""
+    """Train (or resume, or start a new schedule from ``init``'s weights); return the best checkpoint."""
     ultralytics = load_ultralytics()
     last = run_dir / "weights" / "last.pt"
     if resume and last.exists():
         model = ultralytics.YOLO(str(last))
         model.train(resume=True, device=device, workers=workers)
     else:
-        model = ultralytics.YOLO("yolov8n-pose.yaml")
+        model = ultralytics.YOLO(str(init) if init else "yolov8n-pose.yaml")
         settings = asdict(recipe)
         if time_hours:
             settings["time"] = time_hours
@@ -66,7 +67,7 @@ def train_detector(
             exist_ok=True,
             device=device,
             workers=workers,
-            pretrained=False,
+            pretrained=init is not None,
             plots=False,
             amp=device != "cpu",
             cos_lr=True,

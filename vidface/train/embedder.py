@@ -178,6 +178,30 @@ def centre_teacher(vectors: np.ndarray) -> np.ndarray:
     return (centred / np.linalg.norm(centred, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
 
+def store_embedding_centre(weights: Path, crop_paths: list[Path], limit: int = 4000, seed: int = 0) -> np.ndarray:
+    """Measure the mean raw embedding of (up to ``limit``) training crops and write it into the weights' config.
+
+    The student's outputs share a large constant component (the last
+    BatchNorm's bias); subtracting it before normalisation lets cosine
+    similarity measure what differs between faces.
+    """
+    from ..embed import FaceEmbedder
+
+    chosen = random.Random(seed).sample(list(crop_paths), min(limit, len(crop_paths)))
+    embedder = FaceEmbedder(weights, "cpu")
+    total, count = np.zeros(embedder.dim, np.float64), 0
+    for start in range(0, len(chosen), 256):
+        crops = [cv2.imread(str(path), cv2.IMREAD_COLOR) for path in chosen[start : start + 256]]
+        raw = embedder.raw([crop for crop in crops if crop is not None])
+        total += raw.sum(axis=0)
+        count += len(raw)
+    centre = (total / max(count, 1)).astype(np.float32)
+    config = embedder.config
+    config.centre = [float(value) for value in centre]
+    save_embedder(embedder.net.float(), config, weights)
+    return centre
+
+
 def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -186,8 +210,13 @@ def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
 
 
 def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cpu", resume: bool = True,
-                   log=print) -> Path:
-    """Train, evaluating on LFW every ``eval_every`` epochs (for the log only: the last epoch is kept)."""
+                   log=print, init: Path | None = None) -> Path:
+    """Train, evaluating on LFW every ``eval_every`` epochs (for the log only: the last epoch is kept).
+
+    ``resume`` continues ``run_dir/last.ckpt`` where it stopped; ``init`` (used
+    only when there is nothing to resume) starts a new schedule from another
+    run's weights.
+    """
     from ..embed import FaceEmbedder
     from ..evaluation.lfw import evaluate_lfw, load_lfw_bin
 
@@ -213,14 +242,17 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch = 0
     checkpoint = run_dir / "last.ckpt"
-    if resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=target, weights_only=True)
-        net.load_state_dict(state["net"])
-        head.load_state_dict(state["head"])
-        projector.load_state_dict(state["projector"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
-        log(f"resumed from {checkpoint} at epoch {start_epoch}")
+    source = checkpoint if resume and checkpoint.exists() else init
+    if source is not None:
+        state = torch.load(source, map_location=target, weights_only=True)
+        for module, key in ((net, "net"), (head, "head"), (projector, "projector")):
+            module.load_state_dict(state[key])
+        if source == checkpoint:
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch = int(state["epoch"])
+            log(f"resumed from {checkpoint} at epoch {start_epoch}")
+        else:
+            log(f"initialised from {init} (trained {int(state['epoch'])} epochs there)")
     lfw_images, lfw_same = None, None
     history_file = run_dir / "history.jsonl"
     steps_per_epoch = len(loader)
@@ -259,6 +291,8 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
                     "optimizer": optimizer.state_dict(), "epoch": epoch + 1}, run_dir / "last.ckpt.tmp")
         (run_dir / "last.ckpt.tmp").replace(checkpoint)
         save_embedder(net.cpu().eval(), embed_config, run_dir / "embedder.safetensors")
+        if epoch + 1 == config.epochs:
+            store_embedding_centre(run_dir / "embedder.safetensors", paths, seed=config.seed)
         net.to(target)
         if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
             if lfw_images is None:
