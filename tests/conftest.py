@@ -20,7 +20,7 @@ from vidface.structures import Detection
 
 
 def make_video(path: Path, frames: int = 12, size: tuple[int, int] = (160, 120), fps: int = 10,
-               audio: bool = True, codec: str = "mpeg4", rotation: int | None = None, faststart: bool = False) -> Path:
+               audio: bool = True, codec: str = "mpeg4", faststart: bool = False) -> Path:
     """Write a small test video: a moving bright square on a gradient, with a sine tone."""
     import av
 
@@ -30,8 +30,6 @@ def make_video(path: Path, frames: int = 12, size: tuple[int, int] = (160, 120),
         video = container.add_stream(codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         sound = container.add_stream("aac", rate=16000) if audio else None
-        if rotation is not None:
-            video.metadata["rotate"] = str(rotation)
         samples_per_frame = 16000 // fps
         if frames == 0:
             container.start_encoding()  # header only: a video without a single frame
@@ -55,6 +53,24 @@ def make_video(path: Path, frames: int = 12, size: tuple[int, int] = (160, 120),
         for stream in [video] + ([sound] if sound is not None else []):
             for packet in stream.encode(None):
                 container.mux(packet)
+    return path
+
+
+def set_display_rotation_clockwise_90(path: Path) -> Path:
+    """Rewrite the first track's MP4 matrix the way phones mark a portrait recording.
+
+    The ``tkhd`` matrix ``[0 1 0; -1 0 0; height 0 1]`` tells players to turn the
+    stored frames 90 degrees clockwise (FFmpeg reports it as rotation -90).
+    """
+    import struct
+
+    data = bytearray(path.read_bytes())
+    box = data.find(b"tkhd")
+    version = data[box + 4]
+    matrix = box + 8 + (32 if version == 1 else 20) + 16
+    height = struct.unpack(">I", data[matrix + 40 : matrix + 44])[0] >> 16
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, height << 16, 0, 1 << 30)
+    path.write_bytes(bytes(data))
     return path
 
 

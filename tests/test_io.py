@@ -2,7 +2,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import make_video
+from conftest import make_video, set_display_rotation_clockwise_90
 from vidface.errors import InputError
 from vidface.io import AnnotatedVideoWriter, VideoReader, probe_video
 
@@ -20,13 +20,16 @@ def test_probe_and_read_real_timestamps(tmp_path):
 
 
 def test_rotation_metadata_is_applied(tmp_path):
-    path = make_video(tmp_path / "r.mp4", frames=3, size=(160, 96), rotation=90)
+    path = set_display_rotation_clockwise_90(make_video(tmp_path / "r.mp4", frames=3, size=(160, 96)))
     info = probe_video(path)
-    if info.rotation == 0:
-        pytest.skip("this FFmpeg build does not write rotation metadata")
-    assert (info.width, info.height) == (96, 160)
+    assert info.rotation == 270 and (info.width, info.height) == (96, 160)
     with VideoReader(path) as reader:
-        assert next(iter(reader)).image.shape == (160, 96, 3)
+        upright = next(iter(reader)).image
+    assert upright.shape == (160, 96, 3)
+    # the stored frame's bright square sits near its left edge, rows 40-80: turned clockwise,
+    # it lands near the top, columns 96-80 .. 96-40
+    rows, cols = np.nonzero(upright.min(axis=2) > 200)
+    assert rows.mean() < 50 and 16 < cols.mean() < 56
 
 
 def test_writer_keeps_frame_count_fps_and_audio(tmp_path):
