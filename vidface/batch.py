@@ -231,12 +231,11 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
         remove_stale_temporaries(out_dir)
         models = models or Models.load(settings)
         gallery = build_gallery(gallery_folder, models.detector, models.embedder) if gallery_folder else None
-        threshold = models.threshold(settings)
         recipe = {
             "gallery": gallery_identity(gallery),
             "detector": file_fingerprint(models.detector.weights_path),
             "embedder": models.embedder.fingerprint,
-            "settings": {k: v for k, v in settings.for_log(threshold).items() if k not in ("detector", "embedder", "device")},
+            "settings": {k: v for k, v in settings.for_log(models).items() if k not in ("detector", "embedder", "device")},
         }
         if jobs > 1:
             lock = threading.Lock()

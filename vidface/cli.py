@@ -33,6 +33,8 @@ err = Console(stderr=True)
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
 DetectorOption = typer.Option(None, "--detector", help="detector weights (.safetensors); default weights/yolov8n-face")
 EmbedderOption = typer.Option(None, "--embedder", help="embedder weights (.safetensors + .json); default weights/effb0-arcface")
+DetConfOption = typer.Option(None, "--det-conf", min=0.0, max=1.0,
+                             help="minimum face score (default: the threshold calibrated for the detector)")
 
 
 def _settings(**values):
@@ -76,7 +78,7 @@ def annotate(
     device: str = DeviceOption,
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="frames per detector batch"),
     imgsz: int = typer.Option(640, "--imgsz", min=32, help="detector input size (long side, px)"),
-    det_conf: float = typer.Option(0.5, "--det-conf", min=0.0, max=1.0, help="minimum face score"),
+    det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = typer.Option(None, "--match-threshold", min=-1.0, max=1.0,
                                                     help="cosine similarity to name a face (default: the embedder's)"),
     frame_skip: int = typer.Option(0, "--frame-skip", min=0, help="detect every N+1-th frame, carry tracks between"),
@@ -182,7 +184,7 @@ def detect(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="annotated photo (default PHOTO.vidface.jpg)"),
     gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help="name the faces from this gallery"),
     device: str = DeviceOption,
-    det_conf: float = typer.Option(0.5, "--det-conf", min=0.0, max=1.0),
+    det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     detector: Optional[Path] = DetectorOption,
@@ -257,7 +259,7 @@ def webcam(
     camera: int = typer.Option(0, "--camera", help="camera index"),
     source: Optional[str] = typer.Option(None, "--source", help="a file or stream URL instead of a camera"),
     frame_skip: int = typer.Option(0, "--frame-skip", min=0, help="detect every N+1-th frame, carry tracks between"),
-    det_conf: float = typer.Option(0.5, "--det-conf", min=0.0, max=1.0),
+    det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
     imgsz: int = typer.Option(640, "--imgsz", min=32),
     device: str = DeviceOption,
@@ -298,7 +300,7 @@ def batch(
     device: str = DeviceOption,
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     imgsz: int = typer.Option(640, "--imgsz", min=32),
-    det_conf: float = typer.Option(0.5, "--det-conf", min=0.0, max=1.0),
+    det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
     frame_skip: int = typer.Option(0, "--frame-skip", min=0),
     quiet: bool = typer.Option(False, "--quiet", "-q"),

@@ -76,14 +76,14 @@ def read_wider_gt(gt_file: Path, images_dir: Path) -> list[WiderImage]:
 
 
 def read_yolo_labelled(images_dir: Path, labels_dir: Path) -> list[WiderImage]:
-    """Images with YOLO detect labels ``cls cx cy w h`` (normalised) beside them."""
+    """Images with YOLO labels ``cls cx cy w h [keypoints...]`` (normalised) beside them; keypoints are ignored."""
     import cv2
 
     images: list[WiderImage] = []
     for image_path in sorted(require(images_dir, "image folder").glob("*.jpg")):
         label_path = labels_dir / (image_path.stem + ".txt")
         rows = np.loadtxt(label_path, ndmin=2, dtype=np.float32) if label_path.exists() else np.zeros((0, 5))
-        rows = rows.reshape(-1, 5)
+        rows = rows[:, :5] if rows.size else np.zeros((0, 5), np.float32)
         height, width = cv2.imread(str(image_path)).shape[:2]
         cx, cy, w, h = rows[:, 1] * width, rows[:, 2] * height, rows[:, 3] * width, rows[:, 4] * height
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)

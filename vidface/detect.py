@@ -25,6 +25,8 @@ FORMAT = "vidface-yolo-pose/1"
 STRIDE = 32
 #: A landmark whose predicted visibility is below this is treated as missing.
 LANDMARK_MIN_VISIBILITY = 0.3
+#: Face score threshold for weights that carry no calibrated one.
+DEFAULT_CONF = 0.5
 
 
 def save_detector(model: torch.nn.Module, path: Path, imgsz: int = 640, extra: dict | None = None) -> Path:
@@ -76,12 +78,15 @@ class FaceDetector:
     """Finds faces and their five landmarks in batches of BGR images.
 
     imgsz: the long side images are resized to before detection (pixels).
-    conf: minimum face score; iou: NMS overlap threshold.
+    conf: minimum face score (``None``: the threshold calibrated for these weights,
+        stored in their metadata by ``vidface train calibrate-detector``); iou: NMS overlap threshold.
     """
 
     def __init__(self, weights: Path, device: torch.device | str = "cpu", imgsz: int = 640,
-                 conf: float = 0.5, iou: float = 0.45, max_det: int = 300, half: bool | None = None):
+                 conf: float | None = None, iou: float = 0.45, max_det: int = 300, half: bool | None = None):
         model, self.metadata = load_pose_model(Path(weights))
+        if conf is None:
+            conf = float(self.metadata.get("det_conf", DEFAULT_CONF))
         self.device = torch.device(device)
         self.half = (self.device.type == "cuda") if half is None else half
         model = model.fuse().eval().to(self.device)
@@ -153,3 +158,15 @@ def export_checkpoint(checkpoint: Path, destination: Path, imgsz: int = 640, ext
     if getattr(model, "kpt_shape", None) != [5, 3] and tuple(getattr(model, "kpt_shape", ())) != (5, 3):
         raise ModelError(f"{checkpoint} is not a 5-landmark face model (kpt_shape {getattr(model, 'kpt_shape', None)})")
     return save_detector(model.float(), destination, imgsz=imgsz, extra=extra)
+
+
+def update_detector_metadata(path: Path, **values) -> Path:
+    """Rewrite a detector file with extra metadata (for example its calibrated ``det_conf``)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    state = load_file(str(path))
+    metadata.update({key: str(value) for key, value in values.items()})
+    return write_atomically(path, lambda temporary: save_file(state, temporary, metadata=metadata))

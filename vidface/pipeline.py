@@ -45,6 +45,7 @@ def default_embedder() -> Path:
 class AnnotateSettings:
     """User-facing knobs of a run (the CLI options of ``vidface annotate``).
 
+    det_conf: ``None`` takes the detector's calibrated score threshold.
     match_threshold: ``None`` takes the embedder's recommended threshold.
     frame_skip: run the detector on every ``frame_skip + 1``-th frame and
         carry tracks over the frames between.
@@ -54,7 +55,7 @@ class AnnotateSettings:
     device: str = "auto"
     batch_size: int = 8
     imgsz: int = 640
-    det_conf: float = 0.5
+    det_conf: float | None = None
     match_threshold: float | None = None
     frame_skip: int = 0
     min_face: float = 12.0
@@ -63,10 +64,12 @@ class AnnotateSettings:
     detector: Path = field(default_factory=default_detector)
     embedder: Path = field(default_factory=default_embedder)
 
-    def for_log(self, threshold: float) -> dict:
+    def for_log(self, models: "Models") -> dict:
+        """The settings as run: thresholds left to the models are filled in with the models' values."""
         values = asdict(self)
         values["detector"], values["embedder"] = str(self.detector), str(self.embedder)
-        values["match_threshold"] = threshold
+        values["det_conf"] = float(models.detector.conf)
+        values["match_threshold"] = models.threshold(self)
         return values
 
 
@@ -248,7 +251,7 @@ def annotate(
     threshold = models.threshold(settings)
     processor = FrameProcessor(models, gallery, threshold, settings, info.fps)
     log = TrackLog(info.as_log(), gallery_log_info(gallery, gallery_path or getattr(gallery, "folder", None)),
-                   settings.for_log(threshold))
+                   settings.for_log(models))
     writer = AnnotatedVideoWriter(video_out, info.fps, info.width, info.height) if video_out else None
     lookahead: deque[FrameResult] = deque()
     delay = min(64, max(8, 2 * (settings.frame_skip + 1)))

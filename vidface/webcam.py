@@ -85,7 +85,7 @@ def run_webcam(source: int | str, gallery, settings, models: Models | None = Non
                 info = {"path": str(source), "width": width, "height": height, "fps": round(fps, 4),
                         "frames": None, "duration_s": None, "live": True}
                 track_log = TrackLog(info, gallery_log_info(gallery, getattr(gallery, "folder", None)),
-                                     settings.for_log(threshold))
+                                     settings.for_log(models))
                 if record is not None:
                     writer = AnnotatedVideoWriter(Path(record), fps, width, height)
             result = processor.process([frame])[0]
