@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .files import write_json_atomic
+
 data_app = typer.Typer(no_args_is_help=True, help="Prepare training data sets.")
 train_app = typer.Typer(no_args_is_help=True, help="Train vidface's own models.")
 eval_app = typer.Typer(no_args_is_help=True, help="Measure models on public benchmarks.")
@@ -215,7 +217,7 @@ def eval_widerface(
         out.print(f"landmark NME vs {landmark_teacher} (mean point error / sqrt(box area)): {nme:.4f} over {faces} faces")
         result["landmarks"] = {"teacher": landmark_teacher, "nme": nme, "faces": faces}
     if json_out:
-        json_out.write_text(json.dumps(result, indent=2))
+        write_json_atomic(result, json_out)
 
 
 @eval_app.command("lfw")
@@ -249,7 +251,7 @@ def eval_lfw(
                       f"{report.tar_at_far_1e3:.4f}")
     out.print(table)
     if json_out:
-        json_out.write_text(json.dumps({"model": model, **{k: v.as_dict() for k, v in reports.items()}}, indent=2))
+        write_json_atomic({"model": model, **{k: v.as_dict() for k, v in reports.items()}}, json_out)
 
 
 @eval_app.command("videofaceid")
@@ -282,4 +284,4 @@ def eval_videofaceid(
     if histogram:
         out.print(f"histogram: {similarity_histogram(settings, histogram)}")
     if json_out:
-        json_out.write_text(json.dumps(report, indent=2))
+        write_json_atomic(report, json_out)
