@@ -129,3 +129,32 @@ def test_stored_centre_is_subtracted_before_normalising(random_models, tmp_path)
     np.testing.assert_allclose(after(decoded), expected, atol=1e-4)
     assert abs(after(decoded).sum(axis=0)).max() < abs(before(decoded).sum(axis=0)).max()
     assert after.fingerprint != before.fingerprint, "gallery caches must be rebuilt when the centre changes"
+
+
+def test_face_crops_keep_big_faces_with_all_landmarks(tmp_path):
+    import cv2
+
+    from vidface.train.widerface_data import build_face_crops, pose_label_lines, read_pose_label
+
+    image = np.full((200, 300, 3), 128, np.uint8)
+    boxes = np.array([[20, 20, 120, 140], [200, 20, 220, 44], [150, 100, 250, 190]], np.float32)
+    eyes_nose_mouth = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.8], [0.65, 0.8]], np.float32)
+    landmarks = np.stack([b[:2] + eyes_nose_mouth * (b[2:] - b[:2]) for b in boxes])
+    label = PoseLabel(boxes, landmarks, np.array([True, True, False]))
+    for folder in ("images/train", "labels/train", "images/val", "labels/val"):
+        (tmp_path / "set" / folder).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "set/images/train/a.jpg"), image)
+    (tmp_path / "set/labels/train/a.txt").write_text("\n".join(pose_label_lines(label, 300, 200)) + "\n")
+    cv2.imwrite(str(tmp_path / "set/images/train/empty.jpg"), image)
+    (tmp_path / "set/labels/train/empty.txt").write_text("")
+
+    parsed = read_pose_label(tmp_path / "set/labels/train/a.txt", 300, 200)
+    np.testing.assert_allclose(parsed.boxes, boxes, atol=0.01)
+    np.testing.assert_allclose(parsed.landmarks[:2], landmarks[:2], atol=0.01)
+    assert parsed.visible.tolist() == [True, True, False]
+
+    stats = build_face_crops(tmp_path / "set", tmp_path / "crops", min_size=40)
+    crops = sorted((tmp_path / "crops").glob("*.jpg"))
+    # the second face is too small, the third has no landmarks
+    assert stats == {"images": 2, "faces": 1} and [c.name for c in crops] == ["a__0.jpg"]
+    assert cv2.imread(str(crops[0])).shape == (112, 112, 3)

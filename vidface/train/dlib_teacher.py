@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ..errors import ModelError
+from ..files import write_atomically
 
 #: Where the face in an ArcFace 112x112 crop lies, as a box for dlib's predictor.
 _TEMPLATE_FACE_BOX = (18, 30, 94, 108)
@@ -66,10 +67,11 @@ def teacher_cache(image_paths: list[Path], root: Path, cache_file: Path, teacher
                   batch: int = 64) -> tuple[list[str], np.ndarray]:
     """Teacher embeddings of every image, computed once and kept in a pickle-free npz.
 
-    The cache is keyed by the list of relative paths; images already in a
-    previous cache are not recomputed.
+    The cache is keyed by each image's path relative to ``root`` (or the path
+    as given, for images outside it); images already in a previous cache are
+    not recomputed.
     """
-    names = [str(p.relative_to(root)) for p in image_paths]
+    names = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in image_paths]
     known: dict[str, np.ndarray] = {}
     if cache_file.exists():
         with np.load(cache_file, allow_pickle=False) as cached:
@@ -84,9 +86,7 @@ def teacher_cache(image_paths: list[Path], root: Path, cache_file: Path, teacher
             crops = [cv2.imread(str(p)) for _, p in chunk]
             for (name, _), vector in zip(chunk, teacher.embed_aligned(crops)):
                 known[name] = vector
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_suffix(".tmp.npz")
         all_names = sorted(known)
-        np.savez(temporary, names=np.array(all_names), embeddings=np.stack([known[n] for n in all_names]))
-        temporary.replace(cache_file)
+        write_atomically(cache_file, lambda temporary: np.savez(
+            temporary, names=np.array(all_names), embeddings=np.stack([known[n] for n in all_names])))
     return names, np.stack([known[n] for n in names])

@@ -152,18 +152,27 @@ def gather_training_data(config: EmbedderTrainConfig, root: Path | None = None):
             raise ValueError(f"{banned} is an evaluation set and must not be trained on")
     paths, labels, identities = [], [], {}
     for labelled in config.labelled_sets:
-        for person_dir in sorted((root / labelled).iterdir()):
+        for person_dir in sorted(_crop_folder(labelled, root).iterdir()):
             if person_dir.is_dir():
                 for crop in sorted(person_dir.glob("*.jpg")):
                     paths.append(crop)
                     labels.append(identities.setdefault(f"{labelled}/{person_dir.name}", len(identities)))
     for unlabelled in config.unlabelled_sets:
-        crops = sorted((root / unlabelled).glob("*.jpg"))
+        crops = sorted(_crop_folder(unlabelled, root).glob("*.jpg"))
         paths += crops
         labels += [-1] * len(crops)
     cache_root = root / "faces"
     _, teacher = teacher_cache(paths, cache_root, Path(config.teacher_cache))
     return paths, labels, centre_teacher(teacher), len(identities)
+
+
+def _crop_folder(name: str, root: Path) -> Path:
+    """A set named in the config: a folder under the shared data root, or else a path of our own
+    (for example ``cache/faces-wider`` made by ``vidface data wider-crops``)."""
+    folder = root / name if (root / name).is_dir() else Path(name)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"training set {name!r} is neither under {root} nor a folder here")
+    return folder
 
 
 def centre_teacher(vectors: np.ndarray) -> np.ndarray:

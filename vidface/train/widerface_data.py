@@ -81,6 +81,17 @@ def pose_label_lines(label: PoseLabel, width: int, height: int) -> list[str]:
     return lines
 
 
+def read_pose_label(label_path: Path, width: int, height: int) -> PoseLabel:
+    """Parse the rows :func:`pose_label_lines` wrote back into pixels."""
+    text = label_path.read_text() if label_path.exists() else ""
+    rows = np.array([line.split() for line in text.splitlines() if line.strip()], np.float32).reshape(-1, 20)
+    cx, cy, w, h = rows[:, 1] * width, rows[:, 2] * height, rows[:, 3] * width, rows[:, 4] * height
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
+    points = rows[:, 5:].reshape(-1, 5, 3)
+    landmarks = (points[:, :, :2] * np.array([width, height], np.float32)).astype(np.float32)
+    return PoseLabel(boxes, landmarks, (points[:, :, 2] > 0).all(axis=1))
+
+
 def build_pose_dataset(
     out_dir: Path,
     teacher,
@@ -138,14 +149,12 @@ def draw_label_preview(dataset_dir: Path, out_png: Path, count: int = 6, seed: i
     for image_path in chosen:
         image = cv2.imread(str(image_path))
         height, width = image.shape[:2]
-        label_path = dataset_dir / "labels" / "train" / (image_path.stem + ".txt")
-        for row in np.loadtxt(label_path, ndmin=2).reshape(-1, 20):
-            cx, cy, w, h = row[1] * width, row[2] * height, row[3] * width, row[4] * height
-            cv2.rectangle(image, (int(cx - w / 2), int(cy - h / 2)), (int(cx + w / 2), int(cy + h / 2)), (0, 255, 0), 1)
-            for index in range(5):
-                x, y, v = row[5 + 3 * index : 8 + 3 * index]
-                if v > 0:
-                    cv2.circle(image, (int(x * width), int(y * height)), 2, colours[index], -1)
+        label = read_pose_label(dataset_dir / "labels" / "train" / (image_path.stem + ".txt"), width, height)
+        for box, points, visible in zip(label.boxes, label.landmarks, label.visible):
+            cv2.rectangle(image, tuple(int(v) for v in box[:2]), tuple(int(v) for v in box[2:]), (0, 255, 0), 1)
+            if visible:
+                for (x, y), colour in zip(points, colours):
+                    cv2.circle(image, (int(x), int(y)), 2, colour, -1)
         tiles.append(cv2.resize(image, (640, 480)))
     while len(tiles) % 2:
         tiles.append(np.zeros_like(tiles[0]))
@@ -153,3 +162,31 @@ def draw_label_preview(dataset_dir: Path, out_png: Path, count: int = 6, seed: i
     out_png.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out_png), np.vstack(rows))
     return out_png
+
+
+def build_face_crops(dataset_dir: Path, out_dir: Path, min_size: float = 40.0) -> dict:
+    """Cut ArcFace-aligned 112x112 crops of the labelled faces of a pose data set (distillation faces).
+
+    Only faces whose short side is at least ``min_size`` pixels and whose five
+    teacher landmarks are all present are kept; smaller faces carry too little
+    detail to teach an embedder. Reads only the training data set, never val-eval.
+    """
+    from ..align import align_face
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = {"images": 0, "faces": 0}
+    for split in ("train", "val"):
+        for image_path in sorted((dataset_dir / "images" / split).glob("*.jpg")):
+            image = cv2.imread(str(image_path))
+            if image is None:
+                continue
+            height, width = image.shape[:2]
+            label = read_pose_label(dataset_dir / "labels" / split / (image_path.stem + ".txt"), width, height)
+            sizes = np.minimum(label.boxes[:, 2] - label.boxes[:, 0], label.boxes[:, 3] - label.boxes[:, 1])
+            stats["images"] += 1
+            for index in np.flatnonzero(label.visible & (sizes >= min_size)):
+                crop = align_face(image, label.landmarks[index], label.boxes[index])
+                cv2.imwrite(str(out_dir / f"{image_path.stem}__{index}.jpg"), crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                stats["faces"] += 1
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
+    return stats
