@@ -103,3 +103,25 @@ def test_summary_merges_tracks_of_one_person():
     assert [r["identity"] for r in rows] == ["Ann", "unknown-1"]
     assert rows[0]["tracks"] == 2 and rows[0]["from_s"] == 1.0 and rows[0]["to_s"] == 5.0
     assert rows[0]["seconds"] == pytest.approx(2.0) and rows[0]["mean_similarity"] == pytest.approx(0.7)
+
+
+def test_stored_threshold_becomes_the_default_match_threshold(random_models, tmp_path):
+    import shutil
+
+    import pytest
+
+    from vidface.embed import update_embedder_config
+    from vidface.pipeline import AnnotateSettings, Models
+
+    weights = tmp_path / "e.safetensors"
+    shutil.copyfile(random_models[1], weights)
+    shutil.copyfile(random_models[1].with_suffix(".json"), weights.with_suffix(".json"))
+    update_embedder_config(weights, match_threshold=0.37)
+    settings = AnnotateSettings(device="cpu", detector=random_models[0], embedder=weights)
+    models = Models.load(settings)
+    assert models.threshold(settings) == 0.37
+    assert models.threshold(AnnotateSettings(match_threshold=0.5)) == 0.5
+    logged = settings.for_log(models)
+    assert logged["match_threshold"] == 0.37 and logged["det_conf"] == models.detector.conf
+    with pytest.raises(ValueError):
+        update_embedder_config(weights, match_treshold=0.3)

@@ -276,10 +276,9 @@ def eval_videofaceid(
     match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
     frame_skip: int = typer.Option(0, "--frame-skip"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
-    histogram: Optional[Path] = typer.Option(None, "--histogram", help="PNG of same/different-person similarities"),
 ) -> None:
     """End-to-end: every real clip against its truth (found, named right, unknowns rejected)."""
-    from .evaluation.videofaceid import evaluate_clips, similarity_histogram
+    from .evaluation.videofaceid import evaluate_clips
 
     values = {k: v for k, v in dict(detector=detector, embedder=embedder).items() if v is not None}
     from .pipeline import AnnotateSettings
@@ -294,7 +293,36 @@ def eval_videofaceid(
         table.add_row(row["clip"], str(row["truth_boxes"]), f"{row['found']:.3f}", f"{row['named_right']:.3f}",
                       "-" if row["unknown_rejected"] is None else f"{row['unknown_rejected']:.3f}")
     out.print(table)
-    if histogram:
-        out.print(f"histogram: {similarity_histogram(settings, histogram)}")
     if json_out:
         write_json_atomic(report, json_out)
+
+
+@eval_app.command("threshold")
+def eval_threshold(
+    gallery: Optional[Path] = typer.Option(None, "--gallery", help="a gallery folder; default: videofaceid's"),
+    embedder: Optional[Path] = typer.Option(None, "--embedder"),
+    detector: Optional[Path] = typer.Option(None, "--detector"),
+    max_false_accept: float = typer.Option(0.01, "--far", help="share of different-person pairs let through"),
+    histogram: Optional[Path] = typer.Option(None, "--histogram", help="PNG of same/different-person similarities"),
+    store: bool = typer.Option(False, "--store", help="make it the embedder's default --match-threshold"),
+) -> None:
+    """Same/different-person similarity of gallery photo pairs and the open-set threshold it suggests."""
+    from .embed import update_embedder_config
+    from .evaluation.videofaceid import gallery_similarities, recommend_threshold, similarity_histogram
+    from .pipeline import AnnotateSettings
+
+    values = {k: v for k, v in dict(detector=detector, embedder=embedder).items() if v is not None}
+    settings = AnnotateSettings(device="cpu", write_video=False, **values)
+    same, different = gallery_similarities(settings, gallery)
+    threshold = round(recommend_threshold(same, different, max_false_accept), 3)
+    accepted = float((same >= threshold).mean()) if len(same) else float("nan")
+    out.print(f"same person: {len(same)} pairs, mean {same.mean():.3f}; different: {len(different)} pairs, "
+              f"mean {different.mean():.3f}")
+    out.print(f"threshold {threshold:.3f}: lets {max_false_accept:.1%} of different-person pairs through "
+              f"and accepts {accepted:.1%} of same-person pairs")
+    if histogram:
+        similarity_histogram(same, different, threshold, histogram,
+                             title=f"{(gallery or Path('videofaceid gallery')).name}: photo-pair similarity")
+        out.print(f"histogram: {histogram}")
+    if store:
+        out.print(f"stored in {update_embedder_config(settings.embedder, match_threshold=threshold)}")

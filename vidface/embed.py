@@ -87,6 +87,17 @@ def save_embedder(net: EmbedderNet, config: EmbedderConfig, weights: Path) -> Pa
     return weights
 
 
+def update_embedder_config(weights: Path, **values) -> Path:
+    """Change fields of the JSON config beside ``weights`` (for example ``match_threshold`` or ``centre``)."""
+    config_file = config_path_for(Path(weights))
+    config = json.loads(config_file.read_text())
+    unknown = set(values) - set(EmbedderConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"not embedder config fields: {sorted(unknown)}")
+    config.update(values)
+    return write_atomically(config_file, lambda temporary: Path(temporary).write_text(json.dumps(config, indent=2) + "\n"))
+
+
 def load_embedder_net(weights: Path) -> tuple[EmbedderNet, EmbedderConfig]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -100,14 +100,15 @@ def evaluate_clips(settings, root: Path | None = None) -> dict:
     return {"clips": rows, "total": _rates("all clips", total), "threshold": models.threshold(settings)}
 
 
-def gallery_similarities(settings, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarities of same-person and different-person gallery photo pairs."""
+def gallery_similarities(settings, gallery_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities of same-person and different-person gallery photo pairs
+    (default gallery: videofaceid's)."""
     from ..gallery import build_gallery
     from ..pipeline import Models
 
     models = Models.load(settings)
-    gallery = build_gallery(require((root or data_root()) / "videofaceid" / "gallery", "videofaceid gallery"),
-                            models.detector, models.embedder)
+    gallery_dir = gallery_dir or require(data_root() / "videofaceid" / "gallery", "videofaceid gallery")
+    gallery = build_gallery(gallery_dir, models.detector, models.embedder)
     similarity = gallery.embeddings @ gallery.embeddings.T
     upper = np.triu_indices(len(similarity), k=1)
     same = gallery.owners[upper[0]] == gallery.owners[upper[1]]
@@ -122,22 +123,21 @@ def recommend_threshold(same: np.ndarray, different: np.ndarray, max_false_accep
     return float(ordered[min(allowed, len(ordered) - 1)] + 1e-4)
 
 
-def similarity_histogram(settings, png: Path, root: Path | None = None) -> Path:
+def similarity_histogram(same: np.ndarray, different: np.ndarray, threshold: float, png: Path,
+                         title: str = "gallery photo-pair similarity") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    same, different = gallery_similarities(settings, root)
-    threshold = recommend_threshold(same, different)
     figure, axis = plt.subplots(figsize=(7, 4))
     bins = np.linspace(-0.5, 1.0, 61)
     axis.hist(different, bins=bins, alpha=0.6, density=True, label=f"different people ({len(different)} pairs)")
     axis.hist(same, bins=bins, alpha=0.6, density=True, label=f"same person ({len(same)} pairs)")
-    axis.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.2f} (FAR 1%)")
+    axis.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.2f}")
     axis.set_xlabel("cosine similarity")
     axis.set_ylabel("density")
-    axis.set_title("videofaceid gallery: photo-pair similarity")
+    axis.set_title(title)
     axis.legend()
     figure.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..datasets import data_root
-from ..embed import EmbedderConfig, EmbedderNet, crops_to_tensor, save_embedder
+from ..embed import EmbedderConfig, EmbedderNet, crops_to_tensor, save_embedder, update_embedder_config
 
 
 @dataclass
@@ -205,9 +205,7 @@ def store_embedding_centre(weights: Path, crop_paths: list[Path], limit: int = 4
         total += raw.sum(axis=0)
         count += len(raw)
     centre = (total / max(count, 1)).astype(np.float32)
-    config = embedder.config
-    config.centre = [float(value) for value in centre]
-    save_embedder(embedder.net.float(), config, weights)
+    update_embedder_config(weights, centre=[float(value) for value in centre])
     return centre
 
 
