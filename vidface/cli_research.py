@@ -155,12 +155,19 @@ def train_embedder_command(
 def embedder_centre_command(
     weights: Path = typer.Argument(..., help="embedder .safetensors (its .json is rewritten)"),
     config: Path = typer.Option(Path("configs/embedder-cpu.json"), "--config", help="the training config (for its crops)"),
+    crops: Optional[Path] = typer.Option(None, "--crops", help="average these aligned crops instead (for example "
+                                         "cache/faces-wider: faces aligned the way the pipeline aligns them)"),
     limit: int = typer.Option(4000, "--limit", help="crops to average"),
 ) -> None:
-    """Measure the mean embedding of the training crops and store it in the weights' config."""
+    """Measure the mean embedding of aligned crops and store it in the weights' config (subtracted before use)."""
     from .train.embedder import EmbedderTrainConfig, gather_training_data, store_embedding_centre
 
-    paths, *_ = gather_training_data(EmbedderTrainConfig.load(config))
+    if crops is not None:
+        paths = sorted(crops.glob("*.jpg"))
+        if not paths:
+            raise typer.BadParameter(f"no .jpg crops in {crops}")
+    else:
+        paths, *_ = gather_training_data(EmbedderTrainConfig.load(config))
     centre = store_embedding_centre(weights, paths, limit=limit)
     out.print(f"centre stored in {weights.with_suffix('.json')}: norm {float(np.linalg.norm(centre)):.3f}")
 

@@ -188,7 +188,7 @@ def centre_teacher(vectors: np.ndarray) -> np.ndarray:
 
 
 def store_embedding_centre(weights: Path, crop_paths: list[Path], limit: int = 4000, seed: int = 0) -> np.ndarray:
-    """Measure the mean raw embedding of (up to ``limit``) training crops and write it into the weights' config.
+    """Measure the mean raw embedding of (up to ``limit``) aligned crops and write it into the weights' config.
 
     The student's outputs share a large constant component (the last
     BatchNorm's bias); subtracting it before normalisation lets cosine
