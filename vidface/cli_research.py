@@ -200,7 +200,7 @@ def eval_widerface(
     conf: float = typer.Option(0.01, "--conf", help="lowest score kept (the PR curve needs low scores)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="only the first N val-eval images"),
     landmark_teacher: Optional[str] = typer.Option(None, "--landmarks-vs",
-                                                   help="also measure our landmarks against a teacher: yunet, scrfd"),
+                                                   help="also measure our landmarks against a teacher: yunet, scrfd, centerface"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
     """Official WIDER FACE protocol on val-eval: AP for easy, medium and hard."""
@@ -222,7 +222,7 @@ def eval_widerface(
         from .detect import FaceDetector
         from .evaluation.widerface import landmark_nme
 
-        ours = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=0.5)
+        ours = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=None)  # the calibrated threshold, as the pipeline runs it
         teacher = _teacher(landmark_teacher, 0.6)
 
         def our_points(image):
