@@ -41,3 +41,12 @@ def test_batch_cleanup_recognises_the_temporaries(tmp_path):
     (tmp_path / ".keep-me").write_text("user file")
     assert remove_stale_temporaries(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".keep-me", "clip.vidface.json"]
+
+
+def test_outputs_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    written = write_json_atomic({}, tmp_path / "log.json")
+    assert written.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -6,11 +6,32 @@ final name, and a failure leaves the previous file, if any, untouched.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+
+@functools.lru_cache(maxsize=1)
+def _new_file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the umask.
+
+    ``mkstemp`` creates its file as 0o600; without this, logs and images
+    written atomically would be unreadable to anyone else sharing the folder.
+    The umask is read from /proc where possible, because setting it to read it
+    back would race with other threads creating files.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_atomically(path: Path, write: Callable[[str], Any]) -> Path:
@@ -25,6 +46,7 @@ def write_atomically(path: Path, write: Callable[[str], Any]) -> Path:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, _new_file_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
