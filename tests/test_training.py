@@ -158,3 +158,39 @@ def test_face_crops_keep_big_faces_with_all_landmarks(tmp_path):
     # the second face is too small, the third has no landmarks
     assert stats == {"images": 2, "faces": 1} and [c.name for c in crops] == ["a__0.jpg"]
     assert cv2.imread(str(crops[0])).shape == (112, 112, 3)
+
+
+def test_relational_loss_is_zero_only_when_student_shares_the_teachers_geometry():
+    from vidface.train.embedder import centre_teacher, relational_loss
+
+    rng = np.random.default_rng(1)
+    teacher = torch.from_numpy(centre_teacher(rng.normal(size=(32, 8)).astype(np.float32)))
+    rotation, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    # any rotation, scale or shared offset of the teacher's vectors keeps every pairwise cosine
+    same_geometry = 3.0 * teacher @ torch.from_numpy(rotation.astype(np.float32)) + 5.0
+    unrelated = torch.from_numpy(rng.normal(size=(32, 8)).astype(np.float32))
+    assert relational_loss(same_geometry, teacher).item() < 1e-3
+    assert relational_loss(unrelated, teacher).item() > 0.05
+
+
+def test_preloaded_crops_give_the_same_samples_as_reading_files(tmp_path):
+    import cv2
+
+    from vidface.embed import EmbedderConfig
+    from vidface.train.embedder import FaceCropDataset
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for index in range(3):
+        paths.append(tmp_path / f"{index}.png")
+        cv2.imwrite(str(paths[-1]), rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
+    no_augmentation = dict(flip_p=0, jitter_p=0, blur_p=0, jpeg_p=0, occlusion_p=0, affine_p=0)
+    teacher = rng.normal(size=(3, 4)).astype(np.float32)
+    from_files = FaceCropDataset(paths, [0, 1, -1], teacher, EmbedderTrainConfig(**no_augmentation), EmbedderConfig())
+    preloaded = FaceCropDataset(paths, [0, 1, -1], teacher, EmbedderTrainConfig(preload=True, **no_augmentation),
+                                EmbedderConfig())
+    for index in range(3):
+        (a, label_a, teacher_a), (b, label_b, teacher_b) = from_files[index], preloaded[index]
+        assert label_a == label_b and torch.equal(teacher_a, teacher_b)
+        torch.testing.assert_close(a, b)
+    assert preloaded.crops.shape == (3, 112, 112, 3)
