@@ -118,7 +118,7 @@ class CentreDetector:
     """Stands in for the detector: one face in the middle of any image that is not blank."""
 
     def __init__(self, weights_path: Path):
-        self.weights_path, self.imgsz, self.conf = weights_path, 640, 0.5
+        self.weights_path, self.settings_key, self.conf = weights_path, "centre", 0.5
         self.calls = 0
 
     def __call__(self, images):

@@ -8,7 +8,8 @@ import pytest
 
 from vidface.errors import DataError
 from vidface.evaluation.lfw import _NoCodeUnpickler, roc_auc, tar_at_far, verification_report
-from vidface.evaluation.videofaceid import recommend_threshold, score_clip
+from vidface.evaluation.open_set import choose_threshold, open_set_scores
+from vidface.evaluation.videofaceid import score_clip
 from vidface.tracklog import summarize
 
 
@@ -75,8 +76,17 @@ def test_score_clip_counts_found_named_and_rejected():
     counts = score_clip(truth, document)
     assert counts["truth_boxes"] == 4 and counts["found"] == 4
     assert counts["named_right"] == 3  # Ann, Ann, the unknown; frame 2 was called Bob
+    assert counts["named_wrong"] == 1  # frame 2: Bob for Ann
     assert counts["unknown_found"] == 1 and counts["unknown_rejected"] == 1
     assert counts["false_names"] == 1  # Bob named where nobody is annotated
+
+
+def test_a_named_stranger_is_a_wrong_name_and_not_rejected():
+    truth = {0: [("Unknown", np.array([0, 0, 100, 100]))], 1: [("Ann", np.array([0, 0, 100, 100]))]}
+    counts = score_clip(truth, log_with([("Ann", [(0, [0, 0, 100, 100])]), (None, [(1, [0, 0, 100, 100])])]))
+    assert counts["found"] == 2 and counts["named_right"] == 0
+    assert counts["named_wrong"] == 1, "a known person left unknown is a miss, not a wrong name"
+    assert counts["unknown_found"] == 1 and counts["unknown_rejected"] == 0
 
 
 def test_low_overlap_is_not_found():
@@ -85,11 +95,58 @@ def test_low_overlap_is_not_found():
     assert counts["found"] == 0 and counts["named_right"] == 0
 
 
-def test_recommended_threshold_caps_false_accepts():
-    different = np.linspace(-0.2, 0.5, 1000)
-    threshold = recommend_threshold(np.array([0.9]), different, 0.01)
-    assert (different >= threshold).mean() <= 0.01
-    assert (different >= threshold - 0.002).mean() > 0.005
+def clustered_gallery(people: int, photos: int, spread: float, seed: int = 0, dim: int = 64):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(people, dim))
+    rows = np.repeat(centres, photos, axis=0) + spread * rng.normal(size=(people * photos, dim))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows.astype(np.float32), np.repeat(np.arange(people), photos)
+
+
+def test_open_set_scores_play_the_matcher_leave_one_out():
+    embeddings, owners = clustered_gallery(people=4, photos=3, spread=0.3)
+    scores = open_set_scores(embeddings, owners)
+    assert len(scores.known_top) == len(scores.unknown_top) == 12
+    similarity = embeddings @ embeddings.T
+    # photo 0 (person 0) as a stranger: the best of every other person's photos
+    assert scores.unknown_top[0] == pytest.approx(similarity[0, 3:].max())
+    # as a known face: the best over the gallery without itself
+    assert scores.known_top[0] == pytest.approx(similarity[0, 1:].max())
+    assert scores.known_right.all(), "tight clusters: the own person is always on top"
+
+
+def test_threshold_separates_tight_clusters_completely():
+    scores = open_set_scores(*clustered_gallery(people=5, photos=4, spread=0.3))
+    threshold = choose_threshold(scores)
+    assert scores.named_right(threshold) == 1.0
+    assert scores.unknown_rejected(threshold) == 1.0
+    assert scores.unknown_top.max() < threshold <= scores.known_top.min() + 1e-3
+
+
+def test_stranger_top_score_sets_a_higher_threshold_than_pairs_suggest():
+    embeddings, owners = clustered_gallery(people=12, photos=6, spread=1.2, seed=3)
+    scores = open_set_scores(embeddings, owners)
+    similarity = embeddings @ embeddings.T
+    different = similarity[owners[:, None] != owners[None, :]]
+    threshold = choose_threshold(scores, max_unknown_named=0.05)
+    assert 1 - scores.unknown_rejected(threshold) <= 0.05
+    # 5 % of strangers named is a far stricter bar than 5 % of different-person pairs
+    assert threshold > np.quantile(different, 0.95)
+    assert 1 - scores.unknown_rejected(threshold - 0.01) > 0.05 or threshold == scores.unknown_top.min()
+
+
+def test_balanced_threshold_beats_every_other_candidate():
+    scores = open_set_scores(*clustered_gallery(people=8, photos=5, spread=1.0, seed=1))
+    threshold = choose_threshold(scores)
+    balanced = scores.named_right(threshold) + scores.unknown_rejected(threshold)
+    for candidate in np.linspace(-1, 1, 401):
+        assert scores.named_right(candidate) + scores.unknown_rejected(candidate) <= balanced + 1e-9
+
+
+def test_open_set_threshold_needs_two_people():
+    scores = open_set_scores(*clustered_gallery(people=1, photos=3, spread=0.3))
+    with pytest.raises(ValueError):
+        choose_threshold(scores)
 
 
 def test_summary_merges_tracks_of_one_person():

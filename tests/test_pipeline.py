@@ -68,4 +68,5 @@ def test_stranger_is_unknown_with_a_stable_id(setup, tmp_path):
     result = annotate(video, gallery, None, tmp_path / "out.json", settings, models)
     tracks = result.document["tracks"]
     assert [(t["identity"], t["display_id"]) for t in tracks] == [(None, "unknown-1")]
+    assert tracks[0]["closest"] == "Square", "the near miss is still reported"
     assert result.summary[0]["known"] is False

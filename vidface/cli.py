@@ -33,6 +33,10 @@ err = Console(stderr=True)
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
 DetectorOption = typer.Option(None, "--detector", help="detector weights (.safetensors); default weights/yolov8n-face")
 EmbedderOption = typer.Option(None, "--embedder", help="embedder weights (.safetensors + .json); default weights/effb0-arcface")
+FlipOption = typer.Option(True, "--flip-embed/--no-flip-embed",
+                          help="embed each face and its mirror image (steadier names, embedding twice the work)")
+CloseupsOption = typer.Option(True, "--closeups/--no-closeups",
+                              help="also look for faces that fill much of the frame (a second, small detector pass)")
 DetConfOption = typer.Option(None, "--det-conf", min=0.0, max=1.0,
                              help="minimum face score (default: the threshold calibrated for the detector)")
 
@@ -78,6 +82,8 @@ def annotate(
     device: str = DeviceOption,
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="frames per detector batch"),
     imgsz: int = typer.Option(640, "--imgsz", min=32, help="detector input size (long side, px)"),
+    closeups: bool = CloseupsOption,
+    flip_embed: bool = FlipOption,
     det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = typer.Option(None, "--match-threshold", min=-1.0, max=1.0,
                                                     help="cosine similarity to name a face (default: the embedder's)"),
@@ -97,6 +103,7 @@ def annotate(
     from .pipeline import Models, annotate as run_annotate, resolve_outputs
 
     settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
+                         closeups=closeups, flip_embed=flip_embed,
                          match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
                          draw_landmarks=landmarks, detector=detector, embedder=embedder)
     info = probe_video(input)
@@ -235,6 +242,8 @@ def bench(
     device: str = DeviceOption,
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     imgsz: int = typer.Option(640, "--imgsz", min=32),
+    closeups: bool = CloseupsOption,
+    flip_embed: bool = FlipOption,
     frame_skip: int = typer.Option(0, "--frame-skip", min=0),
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
@@ -243,6 +252,7 @@ def bench(
     from .bench import run_bench
 
     settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, frame_skip=frame_skip,
+                         closeups=closeups, flip_embed=flip_embed,
                          detector=detector, embedder=embedder)
     report = run_bench(input, gallery, settings)
     table = Table(title=f"vidface bench: {input.name} ({report['frames']} frames, device {report['device']})")
@@ -262,6 +272,8 @@ def webcam(
     det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
     imgsz: int = typer.Option(640, "--imgsz", min=32),
+    closeups: bool = CloseupsOption,
+    flip_embed: bool = FlipOption,
     device: str = DeviceOption,
     record: Optional[Path] = typer.Option(None, "--record", help="save the annotated stream to this video"),
     log: Optional[Path] = typer.Option(None, "--log", help="save a JSON track log"),
@@ -277,7 +289,7 @@ def webcam(
 
     origin = parse_source(camera, source)
     settings = _settings(device=device, frame_skip=frame_skip, det_conf=det_conf, match_threshold=match_threshold,
-                         imgsz=imgsz, detector=detector, embedder=embedder)
+                         imgsz=imgsz, closeups=closeups, flip_embed=flip_embed, detector=detector, embedder=embedder)
     models = Models.load(settings)
     known = _load_gallery(gallery, models)
     result = run_webcam(origin, known, settings, models, record, log, display=not no_display,
@@ -300,6 +312,8 @@ def batch(
     device: str = DeviceOption,
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     imgsz: int = typer.Option(640, "--imgsz", min=32),
+    closeups: bool = CloseupsOption,
+    flip_embed: bool = FlipOption,
     det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
     frame_skip: int = typer.Option(0, "--frame-skip", min=0),
@@ -314,6 +328,7 @@ def batch(
     from .batch import run_batch
 
     settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
+                         closeups=closeups, flip_embed=flip_embed,
                          match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
                          detector=detector, embedder=embedder)
 

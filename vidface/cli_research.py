@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .errors import GalleryError
 from .files import write_json_atomic
 
 data_app = typer.Typer(no_args_is_help=True, help="Prepare training data sets.")
@@ -282,6 +283,8 @@ def eval_videofaceid(
     det_conf: Optional[float] = typer.Option(None, "--det-conf", help="default: the detector's calibrated threshold"),
     match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
     frame_skip: int = typer.Option(0, "--frame-skip"),
+    closeups: bool = typer.Option(True, "--closeups/--no-closeups", help="the detector's close-up pass"),
+    flip_embed: bool = typer.Option(True, "--flip-embed/--no-flip-embed", help="embed faces and their mirror image"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
     """End-to-end: every real clip against its truth (found, named right, unknowns rejected)."""
@@ -291,13 +294,15 @@ def eval_videofaceid(
     from .pipeline import AnnotateSettings
 
     settings = AnnotateSettings(device=device, det_conf=det_conf, match_threshold=match_threshold,
-                                frame_skip=frame_skip, write_video=False, **values)
+                                frame_skip=frame_skip, closeups=closeups, flip_embed=flip_embed,
+                                write_video=False, **values)
     report = evaluate_clips(settings)
-    table = Table(title="videofaceid: truth boxes found (IoU >= 0.3), named right, unknowns rejected")
-    for column in ("clip", "truth boxes", "found", "named right", "unknown rejected"):
+    table = Table(title="videofaceid: truth boxes found (IoU >= 0.3), named right or wrong, unknowns rejected")
+    for column in ("clip", "truth boxes", "found", "named right", "named wrong", "unknown rejected"):
         table.add_column(column)
     for row in report["clips"] + [report["total"]]:
         table.add_row(row["clip"], str(row["truth_boxes"]), f"{row['found']:.3f}", f"{row['named_right']:.3f}",
+                      f"{row['named_wrong']:.3f}",
                       "-" if row["unknown_rejected"] is None else f"{row['unknown_rejected']:.3f}")
     out.print(table)
     if json_out:
@@ -309,27 +314,31 @@ def eval_threshold(
     gallery: Optional[Path] = typer.Option(None, "--gallery", help="a gallery folder; default: videofaceid's"),
     embedder: Optional[Path] = typer.Option(None, "--embedder"),
     detector: Optional[Path] = typer.Option(None, "--detector"),
-    max_false_accept: float = typer.Option(0.01, "--far", help="share of different-person pairs let through"),
-    histogram: Optional[Path] = typer.Option(None, "--histogram", help="PNG of same/different-person similarities"),
+    max_unknown_named: Optional[float] = typer.Option(
+        None, "--max-unknown-named", min=0.0, max=1.0,
+        help="cap on the share of strangers named; default: best mean of named-right and strangers-rejected"),
+    histogram: Optional[Path] = typer.Option(None, "--histogram", help="PNG of the leave-one-out top similarities"),
     store: bool = typer.Option(False, "--store", help="make it the embedder's default --match-threshold"),
 ) -> None:
-    """Same/different-person similarity of gallery photo pairs and the open-set threshold it suggests."""
+    """Open-set threshold from a gallery alone: each photo plays a known face, then a stranger (leave-one-out)."""
     from .embed import update_embedder_config
-    from .evaluation.videofaceid import gallery_similarities, recommend_threshold, similarity_histogram
+    from .evaluation.open_set import choose_threshold, open_set_histogram
+    from .evaluation.videofaceid import gallery_open_set_scores
     from .pipeline import AnnotateSettings
 
     values = {k: v for k, v in dict(detector=detector, embedder=embedder).items() if v is not None}
     settings = AnnotateSettings(device="cpu", write_video=False, **values)
-    same, different = gallery_similarities(settings, gallery)
-    threshold = round(recommend_threshold(same, different, max_false_accept), 3)
-    accepted = float((same >= threshold).mean()) if len(same) else float("nan")
-    out.print(f"same person: {len(same)} pairs, mean {same.mean():.3f}; different: {len(different)} pairs, "
-              f"mean {different.mean():.3f}")
-    out.print(f"threshold {threshold:.3f}: lets {max_false_accept:.1%} of different-person pairs through "
-              f"and accepts {accepted:.1%} of same-person pairs")
+    scores, known = gallery_open_set_scores(settings, gallery)
+    try:
+        threshold = round(choose_threshold(scores, max_unknown_named), 3)
+    except ValueError as error:
+        raise GalleryError(f"gallery {known.folder}: {error}") from None
+    out.print(f"{len(known.embeddings)} usable photos of {len(known.names)} people; own person on top for "
+              f"{scores.known_right.mean():.1%} of {len(scores.known_top)} known queries")
+    out.print(f"threshold {threshold:.3f}: names {scores.named_right(threshold):.1%} of known queries right, "
+              f"rejects {scores.unknown_rejected(threshold):.1%} of {len(scores.unknown_top)} strangers")
     if histogram:
-        similarity_histogram(same, different, threshold, histogram,
-                             title=f"{(gallery or Path('videofaceid gallery')).name}: photo-pair similarity")
+        open_set_histogram(scores, threshold, histogram, title=f"{known.folder.name}: leave-one-out top similarity")
         out.print(f"histogram: {histogram}")
     if store:
         out.print(f"stored in {update_embedder_config(settings.embedder, match_threshold=threshold)}")

@@ -167,7 +167,7 @@ def scan_gallery(folder: Path, detector, embedder, cache_dir: Path | None = None
 
     model_key = "|".join([
         CACHE_VERSION,
-        file_fingerprint(detector.weights_path), f"{detector.imgsz}:{detector.conf}",
+        file_fingerprint(detector.weights_path), detector.settings_key,
         embedder.fingerprint,
     ])
     cache_path = _cache_file(folder, cache_dir or default_cache_dir())

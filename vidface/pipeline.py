@@ -50,6 +50,10 @@ class AnnotateSettings:
     frame_skip: run the detector on every ``frame_skip + 1``-th frame and
         carry tracks over the frames between.
     min_face: faces smaller than this (pixels, shorter box side) are ignored.
+    closeups: add the detector's close-up pass (see :class:`vidface.detect.FaceDetector`).
+    flip_embed: embed each face and its mirror image and average the two
+        (see :class:`vidface.embed.FaceEmbedder`); the stored ``match_threshold``
+        is calibrated this way.
     """
 
     device: str = "auto"
@@ -59,6 +63,8 @@ class AnnotateSettings:
     match_threshold: float | None = None
     frame_skip: int = 0
     min_face: float = 12.0
+    closeups: bool = True
+    flip_embed: bool = True
     write_video: bool = True
     draw_landmarks: bool = False
     detector: Path = field(default_factory=default_detector)
@@ -87,8 +93,9 @@ class Models:
         from .embed import FaceEmbedder
 
         device = resolve_device(settings.device)
-        detector = FaceDetector(Path(settings.detector), device, imgsz=settings.imgsz, conf=settings.det_conf)
-        embedder = FaceEmbedder(Path(settings.embedder), device)
+        detector = FaceDetector(Path(settings.detector), device, imgsz=settings.imgsz, conf=settings.det_conf,
+                                closeups=settings.closeups)
+        embedder = FaceEmbedder(Path(settings.embedder), device, flip=settings.flip_embed)
         return cls(detector, embedder, str(device))
 
     def threshold(self, settings: AnnotateSettings) -> float:

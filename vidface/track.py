@@ -51,6 +51,7 @@ class Track:
     label: the gallery name decided for the track, ``None`` if unknown.
     label_similarity: similarity of the mean embedding to that name (or to
         the closest person, when unknown).
+    closest: the gallery person closest to the mean embedding, named or not.
     """
 
     track_id: int
@@ -64,6 +65,7 @@ class Track:
     embedding_sum: np.ndarray | None = None
     label: str | None = None
     label_similarity: float = 0.0
+    closest: str | None = None
     unknown_id: str | None = None
 
     def predicted_box(self, frame_index: int) -> np.ndarray:
@@ -182,7 +184,7 @@ class Tracker:
         if mean is None or self.gallery is None:
             return
         match = self.gallery.match(mean[None], self.threshold)[0]
-        track.label, track.label_similarity = match.identity, match.similarity
+        track.label, track.label_similarity, track.closest = match.identity, match.similarity, match.best_name
         if track.label is not None:
             track.unknown_id = None
 

@@ -6,7 +6,7 @@ Schema 1 (documented in the README)::
      "input": {"path", "width", "height", "fps", "frames", "duration_s", "truncated"},
      "gallery": {"path", "identities": [str]},
      "settings": {...},
-     "tracks": [{"track_id", "identity": str | null, "display_id", "score",
+     "tracks": [{"track_id", "identity": str | null, "display_id", "score", "closest": str | null,
                  "first_frame", "last_frame", "start_s", "end_s",
                  "detections": [{"frame", "t", "box": [x1, y1, x2, y2], "score",
                                  "landmarks": [[x, y] x5] | null, "similarity": float | null}]}]}
@@ -72,6 +72,7 @@ class TrackLog:
                 "identity": identity,
                 "display_id": identity or tracker.unknown_id(track),
                 "score": round(track.label_similarity, 4),
+                "closest": track.closest,
                 "first_frame": record["first_frame"],
                 "last_frame": record["last_frame"],
                 "start_s": round(record["start_s"], 4),

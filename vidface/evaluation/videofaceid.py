@@ -2,7 +2,8 @@
 
 For every annotated face in every frame: was a face found there (IoU >= 0.3
 with one of ours, one-to-one), was it given the right name (the truth's
-name, or no name for ``Unknown``), and of the found unknown faces, how many
+name, or no name for ``Unknown``) or a wrong one (someone else's name: worse
+than ``unknown``), and of the found unknown faces, how many
 were correctly left unnamed. Only one unknown face per frame is annotated,
 so extra unnamed faces are not errors; a face we *named* where the truth
 has nobody is counted as a false name.
@@ -38,8 +39,8 @@ def score_clip(truth: dict[int, list], document: dict) -> dict:
     for track in document["tracks"]:
         for detection in track["detections"]:
             ours.setdefault(detection["frame"], []).append((track["identity"], np.array(detection["box"], np.float32)))
-    counts = {"truth_boxes": 0, "found": 0, "named_right": 0, "unknown_found": 0, "unknown_rejected": 0,
-              "false_names": 0}
+    counts = {"truth_boxes": 0, "found": 0, "named_right": 0, "named_wrong": 0, "unknown_found": 0,
+              "unknown_rejected": 0, "false_names": 0}
     for frame, faces in truth.items():
         predicted = ours.get(frame, [])
         counts["truth_boxes"] += len(faces)
@@ -57,6 +58,7 @@ def score_clip(truth: dict[int, list], document: dict) -> dict:
             used_ours.add(p)
             truth_name, our_name = faces[t][0], predicted[p][0]
             counts["found"] += 1
+            counts["named_wrong"] += our_name is not None and our_name != (None if truth_name == UNKNOWN else truth_name)
             if truth_name == UNKNOWN:
                 counts["unknown_found"] += 1
                 counts["unknown_rejected"] += our_name is None
@@ -75,6 +77,7 @@ def _rates(name: str, counts: dict) -> dict:
         "found": counts["found"] / total,
         "found_count": counts["found"],
         "named_right": counts["named_right"] / total,
+        "named_wrong": counts["named_wrong"] / total,
         "unknown_rejected": counts["unknown_rejected"] / counts["unknown_found"] if counts["unknown_found"] else None,
     }
 
@@ -100,47 +103,14 @@ def evaluate_clips(settings, root: Path | None = None) -> dict:
     return {"clips": rows, "total": _rates("all clips", total), "threshold": models.threshold(settings)}
 
 
-def gallery_similarities(settings, gallery_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarities of same-person and different-person gallery photo pairs
-    (default gallery: videofaceid's)."""
+def gallery_open_set_scores(settings, gallery_dir: Path | None = None):
+    """Leave-one-out open-set scores of a gallery's photos (default gallery: videofaceid's),
+    embedded as the pipeline embeds them; see :mod:`vidface.evaluation.open_set`."""
     from ..gallery import build_gallery
     from ..pipeline import Models
+    from .open_set import open_set_scores
 
     models = Models.load(settings)
     gallery_dir = gallery_dir or require(data_root() / "videofaceid" / "gallery", "videofaceid gallery")
     gallery = build_gallery(gallery_dir, models.detector, models.embedder)
-    similarity = gallery.embeddings @ gallery.embeddings.T
-    upper = np.triu_indices(len(similarity), k=1)
-    same = gallery.owners[upper[0]] == gallery.owners[upper[1]]
-    values = similarity[upper]
-    return values[same], values[~same]
-
-
-def recommend_threshold(same: np.ndarray, different: np.ndarray, max_false_accept: float = 0.01) -> float:
-    """The lowest threshold that lets through at most ``max_false_accept`` of different-person pairs."""
-    ordered = np.sort(different)[::-1]
-    allowed = int(np.floor(max_false_accept * len(ordered)))
-    return float(ordered[min(allowed, len(ordered) - 1)] + 1e-4)
-
-
-def similarity_histogram(same: np.ndarray, different: np.ndarray, threshold: float, png: Path,
-                         title: str = "gallery photo-pair similarity") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
-    bins = np.linspace(-0.5, 1.0, 61)
-    axis.hist(different, bins=bins, alpha=0.6, density=True, label=f"different people ({len(different)} pairs)")
-    axis.hist(same, bins=bins, alpha=0.6, density=True, label=f"same person ({len(same)} pairs)")
-    axis.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.2f}")
-    axis.set_xlabel("cosine similarity")
-    axis.set_ylabel("density")
-    axis.set_title(title)
-    axis.legend()
-    figure.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=100)
-    plt.close(figure)
-    return png
+    return open_set_scores(gallery.embeddings, gallery.owners), gallery

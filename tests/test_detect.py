@@ -1,0 +1,88 @@
+"""The detector's own pre- and post-processing: letterbox geometry and the close-up pass."""
+
+import numpy as np
+import pytest
+import torch
+
+from vidface.detect import CLOSEUP_FILL, CLOSEUP_IMGSZ, FaceDetector
+
+
+class BrightSquareNetwork(torch.nn.Module):
+    """Stands in for YOLOv8-pose: one 'face' around the bright pixels of each canvas, as raw head
+    output ``(B, 4 + 1 + 15, 1)`` (centre x, centre y, width, height, score, 5 landmarks)."""
+
+    def forward(self, batch):
+        rows = []
+        for canvas in batch:
+            ys, xs = torch.nonzero(canvas.mean(0) > 0.9, as_tuple=True)
+            x1, y1, x2, y2 = xs.min().float(), ys.min().float(), xs.max().float() + 1, ys.max().float() + 1
+            points = [(x1 + (x2 - x1) * u, y1 + (y2 - y1) * v, 1.0)
+                      for u, v in ((0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8))]
+            rows.append(torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, 0.9,
+                                      *[c for point in points for c in point]]).view(-1, 1))
+        return torch.stack(rows)
+
+
+@pytest.fixture
+def detector(random_models):
+    detector = FaceDetector(random_models[0], "cpu", imgsz=640, conf=0.5)
+    detector.model = BrightSquareNetwork()
+    return detector
+
+
+def square_image(box, size=(480, 640)):
+    image = np.zeros((*size, 3), np.uint8)
+    x1, y1, x2, y2 = box
+    image[y1:y2, x1:x2] = 255
+    return image
+
+
+def test_shrunk_letterbox_puts_the_image_in_the_middle(detector):
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[40, 150] = 255
+    tensor, scales, offsets = detector._letterbox([image], CLOSEUP_IMGSZ, CLOSEUP_FILL)
+    assert scales[0] == pytest.approx(CLOSEUP_IMGSZ * CLOSEUP_FILL / 200)
+    (x, y), canvas = offsets[0], tensor[0]
+    assert (x, y) == (80, 40), "the shrunk 160 x 80 image framed by half its size on each side"
+    assert canvas.shape[1:] == (160, 320)
+    assert canvas[:, y + round(40 * scales[0]), x + round(150 * scales[0])].min() > 0.3
+    assert torch.allclose(canvas[:, :y], torch.tensor(114 / 255))
+    assert torch.allclose(canvas[:, :, :x], torch.tensor(114 / 255))
+
+
+@pytest.mark.parametrize("box", [(100, 80, 300, 300), (0, 0, 640, 480), (500, 400, 600, 470)])
+def test_both_passes_map_back_to_image_pixels_and_merge_into_one_face(detector, box):
+    image = square_image(box)
+    single = detector([image])[0]
+    detector.closeups = True
+    merged = detector([image])[0]
+    assert len(single) == 1 and len(merged) == 1
+    # the shrunk pass sees the image at a quarter of the size: a few pixels of rounding
+    tolerance = 2 * 640 / (CLOSEUP_IMGSZ * CLOSEUP_FILL)
+    np.testing.assert_allclose(merged[0].box, box, atol=tolerance)
+    np.testing.assert_allclose(single[0].box, box, atol=2)
+    x1, y1, x2, y2 = box
+    assert merged[0].landmarks[2] == pytest.approx([x1 + 0.5 * (x2 - x1), y1 + 0.6 * (y2 - y1)], abs=tolerance)
+
+
+def test_close_up_pass_finds_faces_the_full_size_pass_misses(detector):
+    class SmallFacesOnly(BrightSquareNetwork):
+        """Finds a square only when it is at most 100 px on the canvas, like a network that saw small faces."""
+
+        def forward(self, batch):
+            out = super().forward(batch)
+            out[:, 4] = torch.where(out[:, 2].maximum(out[:, 3]) <= 100, out[:, 4], torch.zeros_like(out[:, 4]))
+            return out
+
+    detector.model = SmallFacesOnly()
+    image = square_image((170, 90, 470, 390))
+    assert detector([image])[0] == []
+    detector.closeups = True
+    found = detector([image])[0]
+    assert len(found) == 1 and found[0].score == pytest.approx(0.9)
+
+
+def test_cache_key_changes_with_the_close_up_pass(detector):
+    single = detector.settings_key
+    detector.closeups = True
+    assert detector.settings_key != single
