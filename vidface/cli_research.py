@@ -251,18 +251,20 @@ def eval_lfw(
     """LFW 10-fold verification: accuracy, threshold, AUC, TAR@FAR."""
     from .evaluation.lfw import evaluate_lfw, load_lfw_bin
 
+    images, same = load_lfw_bin()
     if model == "dlib":
         from .train.dlib_teacher import DlibTeacher
 
         embed = DlibTeacher().embed_aligned
+        reports = {"plain": evaluate_lfw(embed, images, same)}
+        if flip:  # dlib has no mirrored pass of its own: add the mirrored crops' vectors here
+            reports["flip"] = evaluate_lfw(embed, images, same, flip=True)
     else:
         from .embed import FaceEmbedder
 
-        embed = FaceEmbedder(Path(model), device)
-    images, same = load_lfw_bin()
-    reports = {"plain": evaluate_lfw(embed, images, same)}
-    if flip:
-        reports["flip"] = evaluate_lfw(embed, images, same, flip=True)
+        reports = {"plain": evaluate_lfw(FaceEmbedder(Path(model), device), images, same)}
+        if flip:  # exactly as the pipeline embeds with --flip-embed
+            reports["flip"] = evaluate_lfw(FaceEmbedder(Path(model), device, flip=True), images, same)
     table = Table(title=f"LFW (6,000 pairs, 10 folds): {model}")
     for column in ("variant", "accuracy", "best threshold", "F1", "ROC AUC", "TAR@FAR=1e-2", "TAR@FAR=1e-3"):
         table.add_column(column)

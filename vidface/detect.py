@@ -140,8 +140,8 @@ class FaceDetector:
         return tensor / 255.0, scales, offsets
 
     def _predict(self, images: list[np.ndarray], imgsz: int, fill: float) -> list[np.ndarray]:
-        """One pass: per image, NMS-ed rows ``(K, 6 + 15)`` (box, score, class, 5 × (x, y, visibility))
-        in the image's own pixel coordinates."""
+        """One pass: per image, NMS-ed rows ``(K, 6 + 15)`` (box, score, class, 5 × (x, y, visibility)),
+        best first, in the image's own pixel coordinates."""
         from ultralytics.utils.nms import non_max_suppression
 
         tensor, scales, offsets = self._letterbox(images, imgsz, fill)
@@ -159,7 +159,7 @@ class FaceDetector:
         return results
 
     def _merge(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """Both passes' rows for one image, with overlapping boxes suppressed (best score kept)."""
+        """Both passes' rows for one image, best first, with overlapping boxes suppressed (best score kept)."""
         from torchvision.ops import nms
 
         rows = np.concatenate([first, second])
@@ -181,7 +181,7 @@ class FaceDetector:
         for rows, image in zip(passes, images):
             height, width = image.shape[:2]
             faces = []
-            for row in rows[np.argsort(-rows[:, 4], kind="stable")]:
+            for row in rows:
                 box = np.clip(row[:4], 0, [width, height, width, height]).astype(np.float32)
                 if box[2] - box[0] < 1 or box[3] - box[1] < 1:
                     continue

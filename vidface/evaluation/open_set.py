@@ -46,31 +46,23 @@ class OpenSetScores:
         return float((self.unknown_top < threshold).mean())
 
 
-def _top_person(similarity: np.ndarray, owners: np.ndarray, people: int) -> tuple[int, float]:
-    best = np.full(people, -np.inf)
-    np.maximum.at(best, owners, similarity)
-    person = int(np.argmax(best))
-    return person, float(best[person])
-
-
 def open_set_scores(embeddings: np.ndarray, owners: np.ndarray) -> OpenSetScores:
     """Leave-one-out scores of gallery photos: ``(M, D)`` unit embeddings, ``(M,)`` person index of each."""
     embeddings = np.asarray(embeddings, np.float32)
     owners = np.asarray(owners, np.int64)
-    people = int(owners.max()) + 1 if len(owners) else 0
-    similarity = embeddings @ embeddings.T
-    known_top, known_right, unknown_top = [], [], []
-    for query in range(len(embeddings)):
-        others = np.arange(len(embeddings)) != query
-        if (owners[others] == owners[query]).any():
-            person, score = _top_person(similarity[query, others], owners[others], people)
-            known_top.append(score)
-            known_right.append(person == owners[query])
-        strangers = owners != owners[query]
-        if strangers.any():
-            unknown_top.append(_top_person(similarity[query, strangers], owners[strangers], people)[1])
-    return OpenSetScores(np.array(known_top, np.float64), np.array(known_right, bool),
-                         np.array(unknown_top, np.float64))
+    photos, people = len(owners), int(owners.max()) + 1 if len(owners) else 0
+    similarity = (embeddings @ embeddings.T).astype(np.float64)
+    np.fill_diagonal(similarity, -np.inf)  # a photo never matches itself
+    rows = np.arange(photos)
+    # best photo of each person for each query: (M, P), -inf where a person has no other photo
+    best = np.full((photos, people), -np.inf)
+    np.maximum.at(best, (rows[:, None], owners[None, :]), similarity)
+    has_other_photo = np.bincount(owners, minlength=people)[owners] > 1
+    known = best[has_other_photo]
+    without_own = best.copy()
+    without_own[rows, owners] = -np.inf
+    return OpenSetScores(known.max(axis=1), known.argmax(axis=1) == owners[has_other_photo],
+                         without_own.max(axis=1) if people > 1 else np.zeros(0))
 
 
 def choose_threshold(scores: OpenSetScores, max_unknown_named: float | None = None) -> float:

@@ -58,7 +58,7 @@ def score_clip(truth: dict[int, list], document: dict) -> dict:
             used_ours.add(p)
             truth_name, our_name = faces[t][0], predicted[p][0]
             counts["found"] += 1
-            counts["named_wrong"] += our_name is not None and our_name != (None if truth_name == UNKNOWN else truth_name)
+            counts["named_wrong"] += our_name is not None and our_name != truth_name
             if truth_name == UNKNOWN:
                 counts["unknown_found"] += 1
                 counts["unknown_rejected"] += our_name is None
