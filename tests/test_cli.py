@@ -189,11 +189,18 @@ def test_failure_mid_run_leaves_no_partial_output(tmp_path, random_models, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 
-def test_real_process_prints_one_line_and_exit_code(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "vidface", "annotate", str(tmp_path / "missing.mp4")],
+@pytest.mark.parametrize("kind", ["missing", "corrupt"])
+def test_real_process_prints_one_line_and_exit_code(tmp_path, kind):
+    """In a real process, so that what OpenCV and FFmpeg print themselves is seen too."""
+    path = tmp_path / "in.mp4"
+    if kind == "corrupt":
+        path.write_bytes(b"hi\n")
+    result = subprocess.run([sys.executable, "-m", "vidface", "annotate", str(path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == InputError.exit_code
-    assert result.stderr.strip().splitlines() == [f"vidface: error: input not found: {tmp_path / 'missing.mp4'}"]
+    reason = "input not found" if kind == "missing" else "not a readable video"
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"vidface: error: {reason}: {path}")
 
 
 def test_usage_errors_exit_2(capsys):

@@ -7,6 +7,7 @@ Every user error becomes one line on stderr and a distinct exit code (see
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,8 +17,15 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .cli_options import (CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption,
+                          FlipOption)
 from .cli_research import data_app, eval_app, train_app
 from .errors import InputError, VidfaceError
+
+# OpenCV and its FFmpeg print their own lines for files and cameras they cannot open; the
+# command line reports each of those as one error line, so theirs is noise (set to re-enable).
+os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find, track and name faces in videos.")
@@ -29,16 +37,6 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 out = Console()
 err = Console(stderr=True)
-
-DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
-DetectorOption = typer.Option(None, "--detector", help="detector weights (.safetensors); default weights/yolov8n-face")
-EmbedderOption = typer.Option(None, "--embedder", help="embedder weights (.safetensors + .json); default weights/effb0-arcface")
-FlipOption = typer.Option(True, "--flip-embed/--no-flip-embed",
-                          help="embed each face and its mirror image (steadier names, embedding twice the work)")
-CloseupsOption = typer.Option(True, "--closeups/--no-closeups",
-                              help="also look for faces that fill much of the frame (a second, small detector pass)")
-DetConfOption = typer.Option(None, "--det-conf", min=0.0, max=1.0,
-                             help="minimum face score (default: the threshold calibrated for the detector)")
 
 
 def _settings(**values):

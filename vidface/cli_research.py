@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption, FlipOption
 from .errors import GalleryError
 from .files import write_json_atomic
 
@@ -279,14 +280,14 @@ def eval_lfw(
 
 @eval_app.command("videofaceid")
 def eval_videofaceid(
-    detector: Optional[Path] = typer.Option(None, "--detector"),
-    embedder: Optional[Path] = typer.Option(None, "--embedder"),
-    device: str = typer.Option("auto", "--device"),
-    det_conf: Optional[float] = typer.Option(None, "--det-conf", help="default: the detector's calibrated threshold"),
+    detector: Optional[Path] = DetectorOption,
+    embedder: Optional[Path] = EmbedderOption,
+    device: str = DeviceOption,
+    det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
     frame_skip: int = typer.Option(0, "--frame-skip"),
-    closeups: bool = typer.Option(True, "--closeups/--no-closeups", help="the detector's close-up pass"),
-    flip_embed: bool = typer.Option(True, "--flip-embed/--no-flip-embed", help="embed faces and their mirror image"),
+    closeups: bool = CloseupsOption,
+    flip_embed: bool = FlipOption,
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
     """End-to-end: every real clip against its truth (found, named right, unknowns rejected)."""
@@ -314,8 +315,8 @@ def eval_videofaceid(
 @eval_app.command("threshold")
 def eval_threshold(
     gallery: Optional[Path] = typer.Option(None, "--gallery", help="a gallery folder; default: videofaceid's"),
-    embedder: Optional[Path] = typer.Option(None, "--embedder"),
-    detector: Optional[Path] = typer.Option(None, "--detector"),
+    embedder: Optional[Path] = EmbedderOption,
+    detector: Optional[Path] = DetectorOption,
     max_unknown_named: Optional[float] = typer.Option(
         None, "--max-unknown-named", min=0.0, max=1.0,
         help="cap on the share of strangers named; default: best mean of named-right and strangers-rejected"),

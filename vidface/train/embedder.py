@@ -312,7 +312,9 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
                 embeddings = net(images)
             embeddings = embeddings.float()
             distill = (1 - F.cosine_similarity(projector(embeddings), teacher_vectors)).mean()
-            relational = relational_loss(embeddings, teacher_vectors) if config.relational_weight else torch.zeros((), device=target)
+            relational = torch.zeros((), device=target)
+            if config.relational_weight:
+                relational = relational_loss(embeddings, teacher_vectors)
             labelled = batch_labels >= 0
             arcface = torch.zeros((), device=target)
             if config.arcface_weight and labelled.any():
@@ -328,8 +330,9 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
             totals["distill"] += distill.item() * len(images)
             totals["relational"] += relational.item() * len(images)
             if step % 10 == 0:
+                rate = seen / (time.time() - started)
                 log(f"epoch {epoch + 1}/{config.epochs} step {step}/{steps_per_epoch} arcface {arcface.item():.3f} "
-                    f"distill {distill.item():.4f} relational {relational.item():.4f} ({seen / (time.time() - started):.1f} img/s)")
+                    f"distill {distill.item():.4f} relational {relational.item():.4f} ({rate:.1f} img/s)")
         record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1),
                   **{k: round(v / max(seen, 1), 4) for k, v in totals.items()}}
         torch.save({"net": net.state_dict(), "head": head.state_dict(), "projector": projector.state_dict(),
@@ -344,8 +347,8 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
                 lfw_images, lfw_same = load_lfw_bin()
             student = FaceEmbedder(run_dir / "embedder.safetensors", target)
             report = evaluate_lfw(student, lfw_images, lfw_same)
-            record.update(lfw_accuracy=round(report.accuracy_mean, 4), lfw_best_threshold=round(report.best_threshold, 4),
-                          lfw_best_f1=round(report.best_f1, 4))
+            record.update(lfw_accuracy=round(report.accuracy_mean, 4),
+                          lfw_best_threshold=round(report.best_threshold, 4), lfw_best_f1=round(report.best_f1, 4))
         log(json.dumps(record))
         with open(history_file, "a") as stream:
             stream.write(json.dumps(record) + "\n")
