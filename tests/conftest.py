@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidface.datasets import data_root
+from vidface.research.datasets import data_root
 from vidface.embed import file_fingerprint
 from vidface.pipeline import default_detector, default_embedder
 from vidface.structures import Detection
@@ -119,9 +119,10 @@ class CentreDetector:
 
     def __init__(self, weights_path: Path):
         self.weights_path, self.settings_key, self.conf = weights_path, "centre", 0.5
+        self.photo_settings_key = "centre"
         self.calls = 0
 
-    def __call__(self, images):
+    def __call__(self, images, closeups=None):
         self.calls += len(images)
         results = []
         for image in images:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vidface.evaluation.calibration import best_f1_threshold, match_in_score_order
+from vidface.research.evaluation.calibration import best_f1_threshold, match_in_score_order
 
 
 def boxes_at(*corners, size=40.0):

@@ -74,3 +74,14 @@ def test_bench_prints_every_stage(tmp_path, capsys, model_args):
     for stage in ("decode", "detect", "align+embed", "track+draw", "encode", "end to end"):
         assert stage in out
     assert list(tmp_path.iterdir()) == [video]
+
+
+def test_the_runtime_never_imports_the_research_package():
+    import subprocess
+    import sys
+
+    code = ("import sys, vidface.pipeline, vidface.webcam, vidface.batch, vidface.bench, vidface.photo, "
+            "vidface.gallery, vidface.track, vidface.tracklog, vidface.draw, vidface.io; "
+            "print(sorted(m for m in sys.modules if m.startswith('vidface.research')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

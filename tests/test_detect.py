@@ -86,3 +86,18 @@ def test_cache_key_changes_with_the_close_up_pass(detector):
     single = detector.settings_key
     detector.closeups = True
     assert detector.settings_key != single
+
+
+def test_one_box_per_face_drops_nested_and_overlapping_boxes():
+    from vidface.detect import one_box_per_face
+
+    rows = np.array([
+        [100, 100, 200, 220, 0.9],  # a face
+        [120, 130, 170, 180, 0.95],  # nested in it: of the two, the better scored stays
+        [105, 100, 205, 220, 0.6],  # the same face again, shifted: plain NMS
+        [300, 100, 380, 190, 0.8],  # another face
+        [360, 90, 440, 180, 0.7],  # a neighbour overlapping the other face a little: kept
+    ], np.float32)
+    kept = one_box_per_face(rows, iou=0.45)
+    assert kept[:, 4].tolist() == pytest.approx([0.95, 0.8, 0.7])
+    assert len(one_box_per_face(rows[:1], iou=0.45)) == 1 and len(one_box_per_face(rows[:0], iou=0.45)) == 0

@@ -11,7 +11,7 @@ import av
 import pytest
 
 from conftest import shared
-from vidface.evaluation.videofaceid import clip_truth, score_clip
+from vidface.research.evaluation.videofaceid import clip_truth, score_clip
 from vidface.gallery import build_gallery
 from vidface.pipeline import AnnotateSettings, Models, annotate
 

@@ -92,3 +92,36 @@ def test_bad_gallery_folders(tmp_path, layout):
         target.mkdir()
     with pytest.raises(GalleryError):
         list_gallery(target)
+
+
+class CloseupOnlyDetector:
+    """Finds the face only when the close-up pass runs (a portrait the main pass misses)."""
+
+    def __init__(self, inner):
+        self.inner, self.weights_path = inner, inner.weights_path
+        self.settings_key, self.photo_settings_key, self.closeups = "single", "closeups", False
+
+    def __call__(self, images, closeups=None):
+        found = self.inner(images)
+        return found if (self.closeups if closeups is None else closeups) else [[] for _ in images]
+
+
+def test_gallery_photos_always_get_the_closeup_pass(tmp_path, fake_stages):
+    """A gallery that works must not fail because the videos are run with --no-closeups."""
+    detector, embedder = fake_stages
+    write_photo(tmp_path / "g/Ann/1.jpg", (200, 30, 30))
+    write_photo(tmp_path / "g/Bob/1.jpg", (30, 30, 200))
+    gallery = build_gallery(tmp_path / "g", CloseupOnlyDetector(detector), embedder)
+    assert gallery.names == ["Ann", "Bob"]
+
+
+def test_a_person_whose_photos_cannot_be_read_is_told_so(tmp_path, fake_stages):
+    detector, embedder = fake_stages
+    write_photo(tmp_path / "g/Ann/1.jpg", (200, 30, 30))
+    (tmp_path / "g/Bob").mkdir(parents=True)
+    (tmp_path / "g/Bob/1.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(GalleryError, match="none of its photos could be read"):
+        build_gallery(tmp_path / "g", detector, embedder)
+    write_photo(tmp_path / "g/Bob/2.jpg", (90, 90, 90), blank=True)
+    with pytest.raises(GalleryError, match="no face found"):
+        build_gallery(tmp_path / "g", detector, embedder)

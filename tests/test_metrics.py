@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from vidface.errors import DataError
-from vidface.evaluation.lfw import _NoCodeUnpickler, roc_auc, tar_at_far, verification_report
-from vidface.evaluation.open_set import choose_threshold, open_set_scores
-from vidface.evaluation.videofaceid import score_clip
+from vidface.research.evaluation.lfw import _NoCodeUnpickler, roc_auc, tar_at_far, verification_report
+from vidface.research.evaluation.open_set import choose_threshold, open_set_scores
+from vidface.research.evaluation.videofaceid import score_clip
 from vidface.tracklog import summarize
 
 

@@ -70,3 +70,83 @@ def test_stranger_is_unknown_with_a_stable_id(setup, tmp_path):
     assert [(t["identity"], t["display_id"]) for t in tracks] == [(None, "unknown-1")]
     assert tracks[0]["closest"] == "Square", "the near miss is still reported"
     assert result.summary[0]["known"] is False
+
+
+def write_two_shot_clip(path, frames_per_shot=10, size=(160, 120), fps=10):
+    """Two shots of one still scene each, different in colour: a hard cut at ``frames_per_shot``."""
+    import av
+
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(2 * frames_per_shot):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[:] = (200, 60, 20) if index < frames_per_shot else (20, 90, 220)
+            image[30:90, 40:120] = (240, 240, 240) if index < frames_per_shot else (30, 200, 60)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("frame_skip", [0, 3])
+def test_no_track_and_no_name_crosses_a_shot_cut(setup, tmp_path, frame_skip):
+    _, models, gallery = setup
+    clip = write_two_shot_clip(tmp_path / "cut.mp4")
+    settings = AnnotateSettings(match_threshold=-1.0, frame_skip=frame_skip, batch_size=4)  # everyone is named
+    result = annotate(clip, gallery, tmp_path / "cut.vidface.mp4", tmp_path / "cut.json", settings, models)
+    tracks = result.document["tracks"]
+    assert len(tracks) == 2
+    assert all(t["last_frame"] < 10 or t["first_frame"] >= 10 for t in tracks), "a track crosses the cut"
+    assert tracks[1]["first_frame"] == 10, "the first frame of a new shot is detected"
+    # both faces sit in the same box; only the cut tells them apart, and each gets its own name decision
+    assert tracks[0]["track_id"] != tracks[1]["track_id"]
+
+
+def test_a_one_frame_video_keeps_its_face(setup, tmp_path):
+    _, models, gallery = setup
+    clip = make_video(tmp_path / "one.mp4", frames=1, fps=10)
+    result = annotate(clip, gallery, None, tmp_path / "one.json", AnnotateSettings(match_threshold=0.99), models)
+    tracks = result.document["tracks"]
+    assert len(tracks) == 1 and len(tracks[0]["detections"]) == 1
+    assert result.summary and result.summary[0]["identity"] == tracks[0]["display_id"]
+
+
+def test_the_log_is_the_same_with_and_without_video(setup, tmp_path):
+    video, models, gallery = setup
+    settings = AnnotateSettings(match_threshold=1.01, frame_skip=1)
+    with_video = annotate(video, gallery, tmp_path / "a.mp4", tmp_path / "a.json", settings, models).document
+    settings = AnnotateSettings(match_threshold=1.01, frame_skip=1, write_video=False)
+    without = annotate(video, gallery, None, tmp_path / "b.json", settings, models).document
+    without["settings"]["write_video"] = True
+    assert with_video == without
+    assert {t["display_id"] for t in without["tracks"]} == {"unknown-1"}
+
+
+def test_outputs_land_together_or_not_at_all(setup, tmp_path):
+    from vidface.errors import OutputError
+
+    video, models, gallery = setup
+    old_video, old_log = tmp_path / "out.mp4", tmp_path / "out.json"
+    old_video.write_bytes(b"old video")
+    old_log.write_text("old log")
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(OutputError):
+        annotate(video, gallery, old_video, tmp_path / "file" / "log.json", AnnotateSettings(match_threshold=0.9), models,
+                 overwrite=True)
+    assert old_video.read_bytes() == b"old video" and old_log.read_text() == "old log"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_annotated_video_is_h264_with_the_input_frames(setup, tmp_path):
+    import av
+
+    video, models, gallery = setup
+    annotate(video, gallery, tmp_path / "out.mp4", tmp_path / "out.json", AnnotateSettings(match_threshold=0.9), models)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert sum(1 for _ in container.decode(video=0)) == 20
+        assert container.streams.audio, "the input's audio is kept"

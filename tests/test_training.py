@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from vidface.evaluation.teachers import TeacherOutput
-from vidface.datasets import WiderImage
-from vidface.train.embedder import ArcFaceHead, EmbedderTrainConfig, augment
-from vidface.train.widerface_data import FLIP_INDEX, PoseLabel, label_image, pose_label_lines
+from vidface.research.evaluation.teachers import TeacherOutput
+from vidface.research.datasets import WiderImage
+from vidface.research.train.embedder import ArcFaceHead, EmbedderTrainConfig, augment
+from vidface.research.train.widerface_data import FLIP_INDEX, PoseLabel, label_image, pose_label_lines
 
 
 def head_with_angle(theta, margin=0.5, easy=False):
@@ -89,7 +89,7 @@ def test_invalid_boxes_are_dropped():
 
 
 def test_centred_teacher_vectors_spread_over_the_sphere():
-    from vidface.train.embedder import centre_teacher
+    from vidface.research.train.embedder import centre_teacher
 
     rng = np.random.default_rng(0)
     axis = np.ones(16) / 4.0
@@ -108,7 +108,7 @@ def test_stored_centre_is_subtracted_before_normalising(random_models, tmp_path)
     import cv2
 
     from vidface.embed import FaceEmbedder
-    from vidface.train.embedder import store_embedding_centre
+    from vidface.research.train.embedder import store_embedding_centre
 
     weights = tmp_path / "e.safetensors"
     shutil.copyfile(random_models[1], weights)
@@ -134,7 +134,7 @@ def test_stored_centre_is_subtracted_before_normalising(random_models, tmp_path)
 def test_face_crops_keep_big_faces_with_all_landmarks(tmp_path):
     import cv2
 
-    from vidface.train.widerface_data import build_face_crops, pose_label_lines, read_pose_label
+    from vidface.research.train.widerface_data import build_face_crops, pose_label_lines, read_pose_label
 
     image = np.full((200, 300, 3), 128, np.uint8)
     boxes = np.array([[20, 20, 120, 140], [200, 20, 220, 44], [150, 100, 250, 190]], np.float32)
@@ -161,7 +161,7 @@ def test_face_crops_keep_big_faces_with_all_landmarks(tmp_path):
 
 
 def test_relational_loss_is_zero_only_when_student_shares_the_teachers_geometry():
-    from vidface.train.embedder import centre_teacher, relational_loss
+    from vidface.research.train.embedder import centre_teacher, relational_loss
 
     rng = np.random.default_rng(1)
     teacher = torch.from_numpy(centre_teacher(rng.normal(size=(32, 8)).astype(np.float32)))
@@ -177,7 +177,7 @@ def test_preloaded_crops_give_the_same_samples_as_reading_files(tmp_path):
     import cv2
 
     from vidface.embed import EmbedderConfig
-    from vidface.train.embedder import FaceCropDataset
+    from vidface.research.train.embedder import FaceCropDataset
 
     rng = np.random.default_rng(2)
     paths = []

@@ -31,9 +31,54 @@ def test_headless_session_records_and_logs(tmp_path, settings):
 
 
 def test_max_seconds_stops_a_session(tmp_path, settings):
-    source = make_video(tmp_path / "cam.mp4", frames=150, fps=30)
+    source = make_video(tmp_path / "cam.mp4", frames=150, fps=30)  # a 5 s source, paced in real time
     result = run_webcam(str(source), None, settings, display=False, max_seconds=1.0)
-    assert result.seconds < 3.0 and result.frames_shown < 150
+    assert result.frames_shown + result.frames_dropped < 150, "stopped before the source ended"
+
+
+class SlowCentreDetector:
+    """The stand-in centre detector, taking ``delay`` seconds per call (a busy CPU)."""
+
+    def __init__(self, inner, delay):
+        self.inner, self.delay = inner, delay
+        self.weights_path, self.settings_key, self.conf = inner.weights_path, "slow", 0.5
+
+    def __call__(self, images, closeups=None):
+        import time
+
+        time.sleep(self.delay)
+        return self.inner(images)
+
+
+def test_slow_detection_keeps_the_tracks_and_records_real_time(tmp_path, fake_stages):
+    detector, embedder = fake_stages
+    models = Models(SlowCentreDetector(detector, 0.25), embedder, "cpu")
+    source = make_video(tmp_path / "cam.mp4", frames=45, fps=30)  # 1.5 s
+    settings = AnnotateSettings(frame_skip=1, match_threshold=0.9)
+    record, log = tmp_path / "rec.mp4", tmp_path / "live.json"
+    result = run_webcam(str(source), None, settings, models=models, record=record, log=log, display=False)
+    document = json.loads(log.read_text())
+    assert result.frames_dropped > 0, "the detector is slower than the source"
+    assert len(document["tracks"]) == 1, "one face all along: one track, not expired between passes"
+    with av.open(str(record)) as container:
+        times = [float(frame.pts * frame.time_base) for frame in container.decode(video=0)]
+    assert len(times) == result.frames_shown
+    # the recording spans the session (frames at their real times), not frames / 30 fps
+    assert times[-1] >= 0.5 * result.seconds
+    assert times[-1] > 1.5 * (result.frames_shown - 1) / 30
+
+
+def test_rate_meter_reads_a_real_clock():
+    from vidface.webcam import RateMeter
+
+    now = [0.0]
+    meter = RateMeter(window_s=2.0, clock=lambda: now[0])
+    readings = []
+    for _ in range(10):
+        readings.append(meter.tick())
+        now[0] += 0.5  # two frames a second
+    assert readings[0] is None
+    assert all(abs(r - 2.0) < 1e-9 for r in readings[1:])
 
 
 def test_frame_skip_runs_detector_on_every_sixth_frame(tmp_path, settings, monkeypatch):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from vidface.datasets import WiderImage
-from vidface.evaluation.widerface import evaluate_predictions, image_eval, voc_ap
+from vidface.research.datasets import WiderImage
+from vidface.research.evaluation.widerface import evaluate_predictions, image_eval, voc_ap
 
 
 def synthetic(count=30, seed=0):

@@ -19,7 +19,7 @@ from rich.table import Table
 from . import __version__
 from .cli_options import (CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption,
                           FlipOption)
-from .cli_research import data_app, eval_app, train_app
+from .research.cli import data_app, eval_app, train_app
 from .errors import InputError, VidfaceError
 
 # OpenCV and its FFmpeg print their own lines for files and cameras they cannot open; the

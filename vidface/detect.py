@@ -110,6 +110,11 @@ class FaceDetector:
         """What, besides the weights, changes this detector's answers (for caches)."""
         return f"{self.imgsz}:{self.conf}:{self.iou}:{'closeups' if self.closeups else 'single'}"
 
+    @property
+    def photo_settings_key(self) -> str:
+        """:attr:`settings_key` for photos, which always get the close-up pass (``closeups=True``)."""
+        return f"{self.imgsz}:{self.conf}:{self.iou}:closeups"
+
     def _letterbox(self, images: list[np.ndarray], imgsz: int, fill: float = 1.0
                    ) -> tuple[torch.Tensor, list[float], list[tuple[int, int]]]:
         """Resize each image so its long side is ``imgsz * fill`` and paste it on one shared canvas.
@@ -159,24 +164,24 @@ class FaceDetector:
         return results
 
     def _merge(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """Both passes' rows for one image, best first, with overlapping boxes suppressed (best score kept)."""
-        from torchvision.ops import nms
-
-        rows = np.concatenate([first, second])
-        if len(second) == 0 or len(first) == 0:
-            return rows
-        keep = nms(torch.from_numpy(rows[:, :4]), torch.from_numpy(rows[:, 4]), self.iou).numpy()
-        return rows[keep[: self.max_det]]
+        """Both passes' rows for one image, best first, one box per face (see :func:`one_box_per_face`)."""
+        return one_box_per_face(np.concatenate([first, second]), self.iou)[: self.max_det]
 
     @torch.inference_mode()
-    def __call__(self, images: list[np.ndarray]) -> list[list[Detection]]:
-        """Detections for each image of ``images`` (BGR ``uint8 (H, W, 3)``), best first."""
+    def __call__(self, images: list[np.ndarray], closeups: bool | None = None) -> list[list[Detection]]:
+        """Detections for each image of ``images`` (BGR ``uint8 (H, W, 3)``), best first.
+
+        closeups: run the close-up pass for this call whatever the detector's own
+        setting (photos: a portrait is a close-up).
+        """
         if not images:
             return []
         passes = self._predict(images, self.imgsz, 1.0)
-        if self.closeups:
+        if self.closeups if closeups is None else closeups:
             shrunk = self._predict(images, CLOSEUP_IMGSZ, CLOSEUP_FILL)
             passes = [self._merge(a, b) for a, b in zip(passes, shrunk)]
+        else:
+            passes = [one_box_per_face(rows, self.iou) for rows in passes]
         results = []
         for rows, image in zip(passes, images):
             height, width = image.shape[:2]
@@ -192,6 +197,38 @@ class FaceDetector:
                 faces.append(Detection(box=box, score=float(row[4]), landmarks=landmarks))
             results.append(faces)
         return results
+
+
+#: a box that lies this much (intersection over its own area) inside a better one is the same face
+NESTED_OVERLAP = 0.7
+
+
+def one_box_per_face(rows: np.ndarray, iou: float, nested: float = NESTED_OVERLAP) -> np.ndarray:
+    """Greedy suppression over rows ``(K, >= 5)`` (``x1 y1 x2 y2 score ...``), best score first.
+
+    A box is dropped when it overlaps a kept one by IoU ``>= iou`` (plain NMS) or
+    when ``>= nested`` of the smaller box lies inside the kept one: a face found
+    again, smaller, inside its own box (an eye-and-nose box, or the close-up and
+    main passes disagreeing on its extent) is not a second face.
+    """
+    if len(rows) < 2:
+        return rows
+    rows = rows[np.argsort(-rows[:, 4], kind="stable")]
+    boxes = rows[:, :4].astype(np.float64)
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    keep: list[int] = []
+    for index in range(len(rows)):
+        if keep:
+            kept = boxes[keep]
+            width = np.clip(np.minimum(kept[:, 2], boxes[index, 2]) - np.maximum(kept[:, 0], boxes[index, 0]), 0, None)
+            height = np.clip(np.minimum(kept[:, 3], boxes[index, 3]) - np.maximum(kept[:, 1], boxes[index, 1]), 0, None)
+            overlap = width * height
+            union = areas[keep] + areas[index] - overlap
+            smaller = np.minimum(areas[keep], areas[index])
+            if np.any(overlap >= iou * np.maximum(union, 1e-9)) or np.any(overlap >= nested * np.maximum(smaller, 1e-9)):
+                continue
+        keep.append(index)
+    return rows[keep]
 
 
 def export_checkpoint(checkpoint: Path, destination: Path, imgsz: int = 640, extra: dict | None = None) -> Path:

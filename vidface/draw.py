@@ -49,9 +49,9 @@ def draw_faces(image: np.ndarray, faces: list[Face], landmarks: bool = False) ->
     return image
 
 
-def draw_fps(image: np.ndarray, fps: float) -> np.ndarray:
-    """Frames-per-second counter in the top-left corner."""
-    text = f"{fps:5.1f} fps"
+def draw_fps(image: np.ndarray, fps: float | None) -> np.ndarray:
+    """Frames-per-second counter in the top-left corner (``--`` while not yet measured)."""
+    text = "  -- fps" if fps is None else f"{fps:5.1f} fps"
     cv2.putText(image, text, (10, 30), FONT, 0.8, (0, 0, 0), 4, cv2.LINE_AA)
     cv2.putText(image, text, (10, 30), FONT, 0.8, (255, 255, 255), 2, cv2.LINE_AA)
     return image

@@ -63,3 +63,22 @@ def write_json_atomic(document: Any, path: Path) -> Path:
             stream.write("\n")
 
     return write_atomically(path, write)
+
+
+def staging_path(path: Path, tag: str = "staged") -> Path:
+    """A hidden name beside ``path`` to write one output of a group under, before :func:`publish_together`."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.vidface-{tag}-{os.getpid()}{path.suffix}")
+
+
+def publish_together(staged: list[tuple[Path, Path]]) -> None:
+    """Rename each fully written ``(staged, final)`` pair into place, one right after the other.
+
+    The outputs of one input (video, log, manifest) are all written first
+    under staged names, so a failure while producing any of them leaves every
+    old output untouched; only renames, which do not fail for want of space,
+    remain for the end.
+    """
+    for temporary, final in staged:
+        os.chmod(temporary, _new_file_mode())
+        os.replace(temporary, final)

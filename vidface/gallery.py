@@ -167,7 +167,7 @@ def scan_gallery(folder: Path, detector, embedder, cache_dir: Path | None = None
 
     model_key = "|".join([
         CACHE_VERSION,
-        file_fingerprint(detector.weights_path), detector.settings_key,
+        file_fingerprint(detector.weights_path), detector.photo_settings_key,
         embedder.fingerprint,
     ])
     cache_path = _cache_file(folder, cache_dir or default_cache_dir())
@@ -211,7 +211,10 @@ def build_gallery(folder: Path, detector, embedder, cache_dir: Path | None = Non
     for person, person_vectors in vectors.items():
         if not person_vectors:
             if strict:
-                raise GalleryError(f"gallery person {person!r} has no usable photo (no face found in {folder / person})")
+                statuses = {p.status for p in photos if p.person == person}
+                why = ("it has no photo" if not statuses else "none of its photos could be read"
+                       if statuses == {"unreadable"} else "no face found in its photos")
+                raise GalleryError(f"gallery person {person!r} has no usable photo: {why} ({folder / person})")
             continue
         names.append(person)
         rows.extend(person_vectors)
@@ -226,7 +229,7 @@ def _embed_photo(path: Path, detector, embedder) -> tuple[str, int, np.ndarray, 
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         return "unreadable", 0, empty_box, empty_vector
-    detections = detector([image])[0]
+    detections = detector([image], closeups=True)[0]  # a portrait is a close-up, whatever the video needs
     face = largest_face(detections)
     if face is None:
         return "no-face", 0, empty_box, empty_vector

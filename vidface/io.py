@@ -4,9 +4,11 @@ Decoding runs in a background thread that fills a bounded queue, so the
 detector never waits on the decoder and memory stays bounded however long
 the video is. PyAV is used first (real timestamps, rotation metadata); the
 ``cv2.VideoCapture`` fallback covers sources PyAV cannot open (cameras).
-Encoding goes through ``cv2.VideoWriter`` into a hidden temporary file; the
-original audio is then remuxed beside it with PyAV and the result renamed
-to the final name, so a killed run never leaves a half-written output.
+Encoding goes through PyAV (H.264 by libx264 by default: plays in browsers,
+about the input's size) into a hidden temporary file, each frame stamped
+with its own time (a live session's variable frame rate is kept); the
+original audio is then remuxed beside it and the result renamed to the
+final name, so a killed run never leaves a half-written output.
 """
 
 from __future__ import annotations
@@ -295,43 +297,103 @@ def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.stem}.vidface-{tag}-{os.getpid()}{path.suffix}")
 
 
+#: ``--codec`` choices: name -> (PyAV encoder, encoder options)
+CODECS = {
+    "h264": ("libx264", {"crf": "23", "preset": "veryfast"}),
+    "h264-nvenc": ("h264_nvenc", {"preset": "p4", "cq": "23"}),
+    "mpeg4": ("mpeg4", {"qscale": "3"}),
+}
+#: the timestamps written are in these units (seconds)
+_TIME_BASE = Fraction(1, 90000)
+
+
 class AnnotatedVideoWriter:
-    """Writes frames with ``cv2.VideoWriter`` to a hidden file; :meth:`finish` adds the audio and renames."""
+    """Encodes frames with PyAV into a hidden file; :meth:`finish` adds the audio and renames into place.
 
-    def __init__(self, path: Path, fps: float, width: int, height: int, fourcc: str = "mp4v"):
+    codec: a key of :data:`CODECS`. Frames carry their own times when given
+    (``write(image, time_s)``), else ``index / fps``. Odd frame sizes are
+    padded by one pixel (4:2:0 chroma needs even sizes).
+    """
+
+    def __init__(self, path: Path, fps: float, width: int, height: int, codec: str = "h264"):
+        import av
+
+        if codec not in CODECS:
+            raise OutputError(f"unknown codec {codec!r} (choose from {', '.join(CODECS)})")
         self.path = Path(path)
-        self.fps, self.size = fps, (width, height)
+        self.fps, self.size = float(fps) if fps and fps > 0 else 30.0, (width, height)
+        self.codec = codec
         self._video_only = temporary_sibling(self.path, "video")
-        self._writer = cv2.VideoWriter(str(self._video_only), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
-        if not self._writer.isOpened():
+        encoder, options = CODECS[codec]
+        try:
+            self._container = av.open(str(self._video_only), "w", format="mp4")
+            self._stream = self._container.add_stream(encoder, rate=Fraction(self.fps).limit_denominator(1001),
+                                                      options=dict(options))
+            self._stream.width, self._stream.height = width + width % 2, height + height % 2
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.time_base = _TIME_BASE
+            self._stream.codec_context.time_base = _TIME_BASE
+        except (av.error.FFmpegError, OSError, ValueError) as error:
             self._video_only.unlink(missing_ok=True)
-            raise OutputError(f"cannot write video to {self.path.parent} (codec {fourcc})")
+            raise OutputError(f"cannot write video to {self.path.parent} ({codec}: {error})") from None
         self.frames_written = 0
+        self._last_pts = -1
 
-    def write(self, image: np.ndarray) -> None:
+    def write(self, image: np.ndarray, time_s: float | None = None) -> None:
+        import av
+
         if image.shape[1::-1] != self.size:
             image = cv2.resize(image, self.size)
-        self._writer.write(image)
+        if image.shape[1] % 2 or image.shape[0] % 2:
+            image = cv2.copyMakeBorder(image, 0, image.shape[0] % 2, 0, image.shape[1] % 2, cv2.BORDER_REPLICATE)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+        seconds = self.frames_written / self.fps if time_s is None else time_s
+        pts = max(int(round(seconds / _TIME_BASE)), self._last_pts + 1)  # strictly increasing
+        frame.pts, frame.time_base, self._last_pts = pts, _TIME_BASE, pts
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
         self.frames_written += 1
 
     def finish(self, audio_source: Path | None = None) -> Path:
         """Close the video, mux in ``audio_source``'s first audio stream, and rename into place."""
-        self._writer.release()
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
         muxed = temporary_sibling(self.path, "mux")
         try:
             if audio_source is not None and mux_audio(self._video_only, Path(audio_source), muxed):
                 os.replace(muxed, self.path)
                 self._video_only.unlink(missing_ok=True)
             else:
-                os.replace(self._video_only, self.path)
+                _faststart_copy(self._video_only, muxed)
+                os.replace(muxed, self.path)
+                self._video_only.unlink(missing_ok=True)
         finally:
             muxed.unlink(missing_ok=True)
         return self.path
 
     def abort(self) -> None:
-        self._writer.release()
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - a container that failed half-way is thrown away anyway
+            pass
         self._video_only.unlink(missing_ok=True)
         temporary_sibling(self.path, "mux").unlink(missing_ok=True)
+
+
+def _faststart_copy(source: Path, output: Path) -> None:
+    """Remux ``source`` with its index first (``+faststart``): players start before the whole file arrives."""
+    import av
+
+    with av.open(str(source)) as inp, av.open(str(output), "w", format=_container_format(output),
+                                              options={"movflags": "+faststart"}) as out:
+        stream_in = inp.streams.video[0]
+        stream = out.add_stream_from_template(stream_in)
+        for packet in inp.demux(stream_in):
+            if packet.dts is None:
+                continue
+            packet.stream = stream
+            out.mux(packet)
 
 
 def _packets_by_time(container, stream, shift_s: float = 0.0) -> Iterator[tuple[float, int, object]]:
@@ -375,7 +437,8 @@ def _mux(video_only: Path, audio_source: Path, output: Path, transcode: bool) ->
     import av
 
     with av.open(str(video_only)) as video_in, av.open(str(audio_source)) as audio_in, \
-            av.open(str(output), "w", format=_container_format(output)) as out:
+            av.open(str(output), "w", format=_container_format(output), options=_MOV_OPTIONS.get(
+                _container_format(output), {})) as out:
         video_stream_in = video_in.streams.video[0]
         audio_stream_in = audio_in.streams.audio[0]
         video_stream = out.add_stream_from_template(video_stream_in)
@@ -405,6 +468,9 @@ def _mux(video_only: Path, audio_source: Path, output: Path, transcode: bool) ->
         if transcode:
             for encoded in audio_stream.encode(None):
                 out.mux(encoded)
+
+
+_MOV_OPTIONS = {"mp4": {"movflags": "+faststart"}, "mov": {"movflags": "+faststart"}}
 
 
 def _container_format(path: Path) -> str:

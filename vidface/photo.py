@@ -18,7 +18,7 @@ from .structures import Face
 
 def annotate_photo(image: np.ndarray, models, gallery, threshold: float) -> tuple[list[dict], np.ndarray]:
     """Faces of ``image`` as JSON-ready dicts, and a copy of the image with them drawn."""
-    detections = models.detector([image])[0]
+    detections = models.detector([image], closeups=True)[0]
     faces = [Face(d) for d in detections]
     crops = [align_face(image, d.landmarks, d.box) for d in detections]
     embeddings = models.embedder(crops)
@@ -45,7 +45,7 @@ def embed_image(image: np.ndarray, models) -> np.ndarray:
     """Embedding of an aligned 112x112 crop as is, or of the largest face of a photo."""
     if image.shape[:2] == (ALIGNED_SIZE, ALIGNED_SIZE):
         return models.embedder([image])[0]
-    face = largest_face(models.detector([image])[0])
+    face = largest_face(models.detector([image], closeups=True)[0])
     if face is None:
         raise InputError("no face found in the image")
     return models.embedder([align_face(image, face.landmarks, face.box)])[0]

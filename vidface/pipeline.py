@@ -1,9 +1,14 @@
-"""The annotate pipeline: decode -> detect -> align -> embed -> match -> track -> draw -> encode.
+"""The pipeline: decode -> detect -> align -> embed -> match -> track -> draw -> encode.
 
-Everything streams: frames are decoded ahead in a thread, detected in
+One streaming frame loop (:func:`run_frames`) serves every mode: a source
+of frames (a file, a camera) goes through a :class:`FrameProcessor`
+(batched detect/align/embed, shot cuts, tracking and naming) and each result
+is handed, in order, to the mode's sinks (video writer, track log, window,
+progress). ``annotate``, ``batch`` and ``bench`` feed it a file;
+``webcam`` a live source. Frames are decoded ahead in a thread, detected in
 batches, faces of a whole batch are embedded together, and a short
-look-ahead of frames (bounded) waits before drawing so that a new track's
-name is already decided on its first drawn frame.
+look-ahead of frames (bounded) waits before the sinks see them so that a new
+track's name is already decided on its first drawn frame.
 """
 
 from __future__ import annotations
@@ -13,20 +18,23 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
 from .align import align_face
-from .datasets import REPO_ROOT
 from .device import resolve_device
 from .draw import draw_faces
 from .errors import InputError, OutputError
 from .io import AnnotatedVideoWriter, VideoInfo, VideoReader, probe_video
 from .structures import Face, FrameResult
-from .track import Tracker, TrackerSettings
-from .files import write_json_atomic
+from .track import ShotCutDetector, Tracker, TrackerSettings
+from .files import publish_together, staging_path, write_json_atomic
 from .tracklog import TrackLog, summarize
+
+
+#: the checkout (or installed tree) holding ``vidface/`` and ``weights/``
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def weights_dir() -> Path:
@@ -67,6 +75,8 @@ class AnnotateSettings:
     flip_embed: bool = True
     write_video: bool = True
     draw_landmarks: bool = False
+    #: video encoder, a key of :data:`vidface.io.CODECS`
+    codec: str = "h264"
     detector: Path = field(default_factory=default_detector)
     embedder: Path = field(default_factory=default_embedder)
 
@@ -148,6 +158,8 @@ def check_output(path: Path, input_path: Path, overwrite: bool) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         raise OutputError(f"output folder does not exist: {parent}")
+    if not parent.is_dir():
+        raise OutputError(f"output folder is a file: {parent}")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"output folder is not writable: {parent}")
 
@@ -165,29 +177,40 @@ def resolve_outputs(input_path: Path, video_out: Path | None, log_out: Path | No
 
 
 class FrameProcessor:
-    """Detects, embeds, matches and tracks batches of frames; shared by files, batch and webcam."""
+    """Detects, embeds, matches and tracks batches of frames; shared by every mode.
 
-    def __init__(self, models: Models, gallery, threshold: float, settings: AnnotateSettings, fps: float,
+    Every frame is checked for a hard shot cut (which closes all tracks and is
+    always detected, restarting the ``frame_skip`` cadence); every
+    ``frame_skip + 1``-th frame of a shot is detected, the others carry the
+    tracks over.
+    """
+
+    def __init__(self, models: Models, gallery, threshold: float, settings: AnnotateSettings,
                  tracker_settings: TrackerSettings | None = None):
         self.models = models
         self.gallery = gallery
         self.threshold = threshold
         self.settings = settings
-        self.tracker = Tracker(gallery, threshold, fps, tracker_settings)
+        self.tracker = Tracker(gallery, threshold, tracker_settings)
+        self.cuts = ShotCutDetector()
         self.times = StageTimes()
         self._last_detected = -1
-        self._frames_seen = 0
-
-    def wants_detection(self) -> bool:
-        """Whether the next frame given to :meth:`process` will be a detected one."""
-        return self._frames_seen % (self.settings.frame_skip + 1) == 0
+        self._cadence = 0
 
     def process(self, frames: list) -> list[FrameResult]:
-        """Results for consecutive ``frames``, in order; every ``frame_skip + 1``-th is detected."""
+        """Results for consecutive ``frames``, in order."""
         step = self.settings.frame_skip + 1
-        detect_mask = [(self._frames_seen + i) % step == 0 for i in range(len(frames))]
-        self._frames_seen += len(frames)
+        started = time.perf_counter()
+        cut_flags, detect_mask = [], []
+        for frame in frames:
+            cut = self.cuts.is_cut(frame.image)
+            if cut:
+                self._cadence = 0
+            detect_mask.append(self._cadence % step == 0)
+            cut_flags.append(cut)
+            self._cadence += 1
         to_detect = [f for f, wanted in zip(frames, detect_mask) if wanted]
+        self.times.track_draw += time.perf_counter() - started
         started = time.perf_counter()
         detections = self.models.detector([f.image for f in to_detect]) if to_detect else []
         self.times.detect += time.perf_counter() - started
@@ -211,7 +234,9 @@ class FrameProcessor:
         started = time.perf_counter()
         results = []
         detected_iter = iter(per_frame_faces)
-        for frame, wanted in zip(frames, detect_mask):
+        for frame, wanted, cut in zip(frames, detect_mask, cut_flags):
+            if cut:
+                self.tracker.cut()
             if wanted:
                 faces = self.tracker.update(frame.index, next(detected_iter))
                 self._last_detected = frame.index
@@ -221,13 +246,123 @@ class FrameProcessor:
         self.times.track_draw += time.perf_counter() - started
         return results
 
+    def finish(self) -> None:
+        """The stream ended: tracks seen in its last detector pass are kept, however short."""
+        self.tracker.finish()
+
     def render(self, result: FrameResult) -> np.ndarray:
-        """Draw the confirmed faces of ``result`` with their current track-level names."""
+        """Draw the confirmed faces of ``result`` with their track's identity as decided now."""
         started = time.perf_counter()
         shown = [self.tracker.describe(face) for face in result.faces if self.tracker.confirmed(face.track_id)]
         image = draw_faces(result.frame.image, shown, landmarks=self.settings.draw_landmarks)
         self.times.track_draw += time.perf_counter() - started
         return image
+
+
+class Sink(Protocol):
+    """Where results go: each gets every frame's result in order, then ``close`` (or ``abort``)."""
+
+    def write(self, result: FrameResult) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class VideoSink:
+    """Draws each result and encodes it; ``close`` adds the source's audio and renames into place."""
+
+    def __init__(self, processor: FrameProcessor, writer: AnnotatedVideoWriter, audio_source: Path | None = None,
+                 real_time: bool = False):
+        self.processor, self.writer, self.audio_source = processor, writer, audio_source
+        self.real_time = real_time
+
+    def write(self, result: FrameResult) -> None:
+        image = self.processor.render(result)
+        started = time.perf_counter()
+        self.writer.write(image, result.frame.time_s if self.real_time else None)
+        self.processor.times.encode += time.perf_counter() - started
+
+    def close(self) -> None:
+        started = time.perf_counter()
+        self.writer.finish(self.audio_source)
+        self.processor.times.encode += time.perf_counter() - started
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+class LogSink:
+    """Collects the track log; ``document`` is ready after ``close``."""
+
+    def __init__(self, log: TrackLog, tracker: Tracker):
+        self.log, self.tracker = log, tracker
+        self.document: dict | None = None
+
+    def write(self, result: FrameResult) -> None:
+        self.log.add(result)
+
+    def close(self) -> None:
+        self.document = self.log.document(self.tracker)
+
+    def abort(self) -> None:
+        pass
+
+
+def run_frames(frames: Iterable, processor: FrameProcessor, sinks: list, batch_size: int = 8, lookahead: int = 0,
+               on_batch: Callable[[int], bool | None] | None = None, interruptible: bool = False) -> int:
+    """The frame loop of every mode: ``frames`` -> ``processor`` -> each sink, in order.
+
+    ``lookahead`` results wait before the sinks see them (names settle on a
+    track's first frames); ``on_batch(frames_done)`` is called after each
+    batch and stops the loop when it returns ``False``. Sinks are closed when
+    the frames end (or the loop is stopped; with ``interruptible``, also on
+    Ctrl-C, the way a live session ends), aborted on any error. Returns the
+    number of frames processed.
+    """
+    waiting: deque[FrameResult] = deque()
+    done = 0
+
+    def hand_over(results: list[FrameResult], keep: int) -> None:
+        waiting.extend(results)
+        while len(waiting) > keep:
+            result = waiting.popleft()
+            for sink in sinks:
+                sink.write(result)
+
+    try:
+        chunk = []
+        try:
+            wait_started = time.perf_counter()
+            for frame in frames:
+                processor.times.decode_wait += time.perf_counter() - wait_started
+                chunk.append(frame)
+                if len(chunk) >= batch_size:
+                    hand_over(processor.process(chunk), lookahead)
+                    done += len(chunk)
+                    chunk = []
+                    if on_batch is not None and on_batch(done) is False:
+                        break
+                wait_started = time.perf_counter()
+        except KeyboardInterrupt:
+            if not interruptible:
+                raise
+            chunk = []
+        if chunk:
+            hand_over(processor.process(chunk), lookahead)
+            done += len(chunk)
+            if on_batch is not None:
+                on_batch(done)
+        processor.finish()
+        hand_over([], 0)
+        if done:
+            for sink in sinks:
+                sink.close()
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        raise
+    return done
 
 
 def gallery_log_info(gallery, path: Path | None) -> dict:
@@ -256,63 +391,39 @@ def annotate(
     video_out, log_out = resolve_outputs(input_path, video_out, log_out, settings.write_video, overwrite)
     models = models or Models.load(settings)
     threshold = models.threshold(settings)
-    processor = FrameProcessor(models, gallery, threshold, settings, info.fps)
-    log = TrackLog(info.as_log(), gallery_log_info(gallery, gallery_path or getattr(gallery, "folder", None)),
-                   settings.for_log(models))
-    writer = AnnotatedVideoWriter(video_out, info.fps, info.width, info.height) if video_out else None
-    lookahead: deque[FrameResult] = deque()
-    delay = min(64, max(8, 2 * (settings.frame_skip + 1)))
-    frames_done = 0
+    processor = FrameProcessor(models, gallery, threshold, settings)
+    log = LogSink(TrackLog(info.as_log(), gallery_log_info(gallery, gallery_path or getattr(gallery, "folder", None)),
+                           settings.for_log(models)), processor.tracker)
+    sinks: list = [log]
+    staged_video = staging_path(video_out) if video_out else None
+    staged_log = staging_path(log_out)
+    if video_out:
+        writer = AnnotatedVideoWriter(staged_video, info.fps, info.width, info.height, codec=settings.codec)
+        sinks.append(VideoSink(processor, writer, input_path if info.has_audio else None))
     started = time.perf_counter()
 
-    def emit(result: FrameResult) -> None:
-        if writer is not None:
-            image = processor.render(result)
-            encode_started = time.perf_counter()
-            writer.write(image)
-            processor.times.encode += time.perf_counter() - encode_started
+    def on_batch(done: int) -> None:
+        if progress:
+            progress(done, info.frames)
 
     reader = VideoReader(input_path, queue_size=max(16, 2 * settings.batch_size))
     try:
-        chunk = []
-        wait_started = time.perf_counter()
-        for frame in reader:
-            processor.times.decode_wait += time.perf_counter() - wait_started
-            chunk.append(frame)
-            if len(chunk) >= settings.batch_size:
-                for result in processor.process(chunk):
-                    log.add(result)
-                    lookahead.append(result)
-                    while len(lookahead) > delay:
-                        emit(lookahead.popleft())
-                frames_done += len(chunk)
-                chunk = []
-                if progress:
-                    progress(frames_done, info.frames)
-            wait_started = time.perf_counter()
-        for result in processor.process(chunk) if chunk else []:
-            log.add(result)
-            lookahead.append(result)
-        frames_done += len(chunk)
-        while lookahead:
-            emit(lookahead.popleft())
-        if progress:
-            progress(frames_done, info.frames)
+        frames_done = run_frames(reader, processor, sinks, settings.batch_size,
+                                 lookahead=min(64, max(8, 2 * (settings.frame_skip + 1))), on_batch=on_batch)
         if frames_done == 0:
             raise InputError(f"no frame could be decoded from {input_path}" + (f": {reader.error}" if reader.error else ""))
-        document = log.document(processor.tracker)
+        document = log.document
         document["input"].update(frames_decoded=frames_done, truncated=reader.truncated)
-        if writer is not None:
-            encode_started = time.perf_counter()
-            writer.finish(input_path if info.has_audio else None)
-            processor.times.encode += time.perf_counter() - encode_started
-        write_json_atomic(document, log_out)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
+        try:
+            write_json_atomic(document, staged_log)
+            publish_together([(staged_video, video_out)] * bool(video_out) + [(staged_log, log_out)])
+        except OSError as error:
+            raise OutputError(f"cannot write the outputs of {input_path}: {error.strerror or error}") from None
     finally:
         reader.close()
+        for staged in (staged_video, staged_log):
+            if staged is not None:
+                staged.unlink(missing_ok=True)
     return AnnotateResult(
         video_path=video_out, log_path=log_out, info=info, frames=frames_done,
         seconds=time.perf_counter() - started, truncated=reader.truncated, warning=reader.error,

@@ -8,15 +8,25 @@ track. A track's name comes from its mean embedding over all its detections,
 which changes slowly: one bad frame cannot flip a label. People not in the
 gallery get ``unknown-N`` ids; a new unknown track that looks like an earlier
 unknown one (same threshold as for the gallery) gets that earlier id back.
+
+A track never crosses a hard shot cut (:class:`ShotCutDetector` closes every
+track), and inside a shot a face whose embedding disagrees with a track
+(``min_same_person_similarity``) starts a new track instead of extending it:
+a name is never carried onto someone else. Ages count detector passes, not
+frames or seconds, so a slow detector (webcam) or ``--frame-skip`` does not
+expire tracks between passes. Identity (name or ``unknown-N``) is decided
+here, when a track is confirmed, and revised only from its own detections;
+drawing and the log read it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
-from .datasets import box_iou
+from .structures import box_iou
 from .structures import Detection, Face
 
 
@@ -30,15 +40,21 @@ class TrackerSettings:
     max_reid_distance: such a pair's centres may be at most this many box
         sizes apart.
     embedding_weight: weight of the embedding similarity in the join score.
-    max_age_s: a track not seen for this long (seconds) is closed.
-    min_hits: detections a track needs before it is shown and logged.
+    min_same_person_similarity: a face whose embedding is less similar than
+        this to a track's mean embedding is someone else, however well the
+        boxes overlap (the appearance gate).
+    max_missed_passes: a track missed by this many detector passes in a row is closed.
+    min_hits: detections a track needs before it is shown and logged (a track
+        seen in the last pass before a cut or the end of the stream is
+        confirmed with fewer: no further pass could see it again).
     """
 
     min_iou: float = 0.2
     min_reid_similarity: float = 0.5
     max_reid_distance: float = 2.0
     embedding_weight: float = 0.5
-    max_age_s: float = 1.0
+    min_same_person_similarity: float = 0.2
+    max_missed_passes: int = 15
     min_hits: int = 2
 
 
@@ -62,6 +78,8 @@ class Track:
     last_frame: int
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4, np.float32))
     hits: int = 1
+    last_pass: int = 0
+    confirmed: bool = False
     embedding_sum: np.ndarray | None = None
     label: str | None = None
     label_similarity: float = 0.0
@@ -80,6 +98,7 @@ class Track:
 
     @property
     def display_id(self) -> str:
+        """The name shown and logged: the gallery name, else the stable ``unknown-N``."""
         return self.label or self.unknown_id or f"track-{self.track_id}"
 
 
@@ -88,23 +107,23 @@ class Tracker:
 
     gallery: a :class:`vidface.gallery.Gallery` (or ``None`` for tracking only).
     threshold: open-set match threshold (cosine similarity).
-    fps: frames per second, to turn ``max_age_s`` into frames.
     """
 
-    def __init__(self, gallery, threshold: float, fps: float = 30.0, settings: TrackerSettings | None = None):
+    def __init__(self, gallery, threshold: float, settings: TrackerSettings | None = None):
         self.gallery = gallery
         self.threshold = threshold
         self.settings = settings or TrackerSettings()
-        self.max_age_frames = max(1, int(round(self.settings.max_age_s * max(fps, 1.0))))
         self.tracks: dict[int, Track] = {}
         self.live: list[int] = []
+        self.passes = 0
         self._next_id = 1
         self._unknown_centroids: dict[str, np.ndarray | None] = {}
 
     # -- association -----------------------------------------------------------------
     def update(self, frame_index: int, faces: list[Face]) -> list[Face]:
         """Join this detected frame's faces to tracks; sets ``track_id`` on every face."""
-        self.live = [t for t in self.live if frame_index - self.tracks[t].last_frame <= self.max_age_frames]
+        self.passes += 1
+        self.live = [t for t in self.live if self.passes - self.tracks[t].last_pass <= self.settings.max_missed_passes]
         candidates = [self.tracks[t] for t in self.live]
         pairs = self._pair_scores(frame_index, candidates, faces)
         used_tracks, used_faces = set(), set()
@@ -118,8 +137,27 @@ class Tracker:
             if face_index not in used_faces:
                 self._start(frame_index, face)
         for face in faces:
-            self._decide_label(self.tracks[face.track_id])
+            track = self.tracks[face.track_id]
+            if track.hits >= self.settings.min_hits:
+                track.confirmed = True
+            self._decide_identity(track)
         return faces
+
+    def cut(self) -> None:
+        """A shot ended: close every live track (those seen in the shot's last pass count as confirmed)."""
+        self._close_shot()
+        self.live = []
+
+    def finish(self) -> None:
+        """The stream ended: confirm the tracks seen in the last pass, however short."""
+        self._close_shot()
+
+    def _close_shot(self) -> None:
+        for track_id in self.live:
+            track = self.tracks[track_id]
+            if track.last_pass == self.passes and not track.confirmed:
+                track.confirmed = True
+                self._decide_identity(track)
 
     def _pair_scores(self, frame_index: int, tracks: list[Track], faces: list[Face]) -> list[tuple[float, int, int]]:
         if not tracks or not faces:
@@ -127,31 +165,30 @@ class Tracker:
         predicted = np.stack([t.predicted_box(frame_index) for t in tracks])
         boxes = np.stack([f.detection.box for f in faces])
         iou = box_iou(predicted, boxes)
+        means = [t.mean_embedding for t in tracks]
         similarity = np.zeros_like(iou)
-        for i, track in enumerate(tracks):
-            mean = track.mean_embedding
-            if mean is None:
-                continue
+        compared = np.zeros(iou.shape, bool)
+        for i, mean in enumerate(means):
             for j, face in enumerate(faces):
-                if face.embedding is not None:
+                if mean is not None and face.embedding is not None:
                     similarity[i, j] = float(mean @ face.embedding)
+                    compared[i, j] = True
         centres_t = (predicted[:, :2] + predicted[:, 2:]) / 2
         centres_f = (boxes[:, :2] + boxes[:, 2:]) / 2
         sizes = np.maximum(predicted[:, 2:] - predicted[:, :2], 1).max(axis=1)
         distance = np.linalg.norm(centres_t[:, None] - centres_f[None], axis=2) / sizes[:, None]
         rules = self.settings
-        pairs = []
-        for i in range(len(tracks)):
-            for j in range(len(faces)):
-                by_position = iou[i, j] >= rules.min_iou
-                by_face = similarity[i, j] >= rules.min_reid_similarity and distance[i, j] <= rules.max_reid_distance
-                if by_position or by_face:
-                    pairs.append((iou[i, j] + rules.embedding_weight * similarity[i, j], i, j))
-        return pairs
+        by_position = iou >= rules.min_iou
+        by_face = (similarity >= rules.min_reid_similarity) & (distance <= rules.max_reid_distance)
+        someone_else = compared & (similarity < rules.min_same_person_similarity)
+        joinable = (by_position | by_face) & ~someone_else
+        score = iou + rules.embedding_weight * similarity
+        return [(float(score[i, j]), int(i), int(j)) for i, j in zip(*np.nonzero(joinable))]
 
     def _start(self, frame_index: int, face: Face) -> None:
         detection = face.detection
-        track = Track(self._next_id, detection.box.copy(), detection.landmarks, detection.score, frame_index, frame_index)
+        track = Track(self._next_id, detection.box.copy(), detection.landmarks, detection.score, frame_index,
+                      frame_index, last_pass=self.passes)
         self._next_id += 1
         self._add_evidence(track, face)
         self.tracks[track.track_id] = track
@@ -167,6 +204,7 @@ class Tracker:
         track.landmarks = detection.landmarks
         track.score = detection.score
         track.last_frame = frame_index
+        track.last_pass = self.passes
         track.hits += 1
         self._add_evidence(track, face)
         face.track_id = track.track_id
@@ -178,45 +216,43 @@ class Tracker:
         weighted = face.embedding * max(face.detection.score, 0.05)
         track.embedding_sum = weighted if track.embedding_sum is None else track.embedding_sum + weighted
 
-    # -- identity ---------------------------------------------------------------------
-    def _decide_label(self, track: Track) -> None:
+    # -- identity: decided here only ----------------------------------------------------
+    def _decide_identity(self, track: Track) -> None:
+        """Name a confirmed track from its mean embedding; an unnamed one gets its ``unknown-N`` once."""
         mean = track.mean_embedding
-        if mean is None or self.gallery is None:
-            return
-        match = self.gallery.match(mean[None], self.threshold)[0]
-        track.label, track.label_similarity, track.closest = match.identity, match.similarity, match.best_name
-        if track.label is not None:
-            track.unknown_id = None
+        if mean is not None and self.gallery is not None:
+            match = self.gallery.match(mean[None], self.threshold)[0]
+            track.label, track.label_similarity, track.closest = match.identity, match.similarity, match.best_name
+        if track.confirmed and track.label is None and track.unknown_id is None:
+            track.unknown_id = self._unknown_id_for(track)
+        if track.unknown_id is not None and track.label is None:
+            self._unknown_centroids[track.unknown_id] = mean
+
+    def _unknown_id_for(self, track: Track) -> str:
+        """An earlier unknown's id when this track looks like them (and they are not on screen), else a new one."""
+        mean = track.mean_embedding
+        in_use = {self.tracks[t].unknown_id for t in self.live if t != track.track_id}
+        best, best_similarity = None, self.threshold
+        if mean is not None:
+            for unknown, centroid in self._unknown_centroids.items():
+                if centroid is None or unknown in in_use:
+                    continue
+                similarity = float(centroid @ mean)
+                if similarity >= best_similarity:
+                    best, best_similarity = unknown, similarity
+        return best or f"unknown-{len(self._unknown_centroids) + 1}"
 
     def confirmed(self, track_id: int) -> bool:
-        return self.tracks[track_id].hits >= self.settings.min_hits
-
-    def unknown_id(self, track: Track) -> str:
-        """The ``unknown-N`` id of an unnamed track, given on first use and kept."""
-        if track.unknown_id is None:
-            mean = track.mean_embedding
-            in_use = {self.tracks[t].unknown_id for t in self.live if t != track.track_id}
-            best, best_similarity = None, self.threshold
-            if mean is not None:
-                for unknown, centroid in self._unknown_centroids.items():
-                    if centroid is None:
-                        continue
-                    similarity = float(centroid @ mean)
-                    if unknown not in in_use and similarity >= best_similarity:
-                        best, best_similarity = unknown, similarity
-            track.unknown_id = best or f"unknown-{len(self._unknown_centroids) + 1}"
-        if track.mean_embedding is not None or track.unknown_id not in self._unknown_centroids:
-            self._unknown_centroids[track.unknown_id] = track.mean_embedding
-        return track.unknown_id
+        return self.tracks[track_id].confirmed
 
     def describe(self, face: Face) -> Face:
-        """Fill a face's track-level ``label``, ``display_id`` and ``label_similarity`` as known now."""
+        """Copy a face's track-level identity (as decided now) onto it; decides nothing."""
         track = self.tracks.get(face.track_id)
         if track is None:
             return face
         face.label = track.label
         face.label_similarity = track.label_similarity
-        face.display_id = track.label or self.unknown_id(track)
+        face.display_id = track.display_id
         return face
 
     # -- carrying tracks over frames without detection -------------------------------
@@ -232,3 +268,37 @@ class Tracker:
             landmarks = None if track.landmarks is None else (track.landmarks + shift).astype(np.float32)
             faces.append(Face(Detection(box, track.score, landmarks), track_id=track_id))
         return faces
+
+
+class ShotCutDetector:
+    """Finds hard cuts between consecutive decoded frames.
+
+    Each frame is shrunk to a 64x36 thumbnail; a cut is where both its colour
+    histogram (HSV 8x4x4 bins, Bhattacharyya distance) and its grey levels
+    (mean absolute difference, 0-255) jump. A camera pan or a person walking
+    moves pixels but keeps the colours; a flash changes brightness but
+    little of the histogram's shape; a cut changes both.
+    """
+
+    def __init__(self, min_histogram_distance: float = 0.3, min_grey_difference: float = 12.0):
+        self.min_histogram_distance = min_histogram_distance
+        self.min_grey_difference = min_grey_difference
+        self._previous: tuple[np.ndarray, np.ndarray] | None = None
+
+    @staticmethod
+    def signature(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        small = cv2.resize(image, (64, 36), interpolation=cv2.INTER_AREA)
+        hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
+        histogram = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
+        return (histogram / max(float(histogram.sum()), 1.0)).astype(np.float32), \
+            cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32)
+
+    def is_cut(self, image: np.ndarray) -> bool:
+        """Whether ``image`` (BGR) starts a new shot; the first frame of a stream does not."""
+        current = self.signature(image)
+        previous, self._previous = self._previous, current
+        if previous is None:
+            return False
+        histogram_distance = cv2.compareHist(previous[0], current[0], cv2.HISTCMP_BHATTACHARYYA)
+        grey_difference = float(np.abs(previous[1] - current[1]).mean())
+        return histogram_distance >= self.min_histogram_distance and grey_difference >= self.min_grey_difference

@@ -66,11 +66,10 @@ class TrackLog:
             if not record["detections"] or not tracker.confirmed(track_id):
                 continue
             track = tracker.tracks[track_id]
-            identity = track.label
             tracks.append({
                 "track_id": track_id,
-                "identity": identity,
-                "display_id": identity or tracker.unknown_id(track),
+                "identity": track.label,
+                "display_id": track.display_id,
                 "score": round(track.label_similarity, 4),
                 "closest": track.closest,
                 "first_frame": record["first_frame"],

@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import ModelError
-from ..files import write_atomically
+from ...errors import ModelError
+from ...files import write_atomically
 
 #: Where the face in an ArcFace 112x112 crop lies, as a box for dlib's predictor.
 _TEMPLATE_FACE_BOX = (18, 30, 94, 108)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..datasets import data_root
-from ..embed import EmbedderConfig, EmbedderNet, crops_to_tensor, save_embedder, update_embedder_config
+from ...embed import EmbedderConfig, EmbedderNet, crops_to_tensor, save_embedder, update_embedder_config
 
 
 @dataclass
@@ -62,6 +62,17 @@ class EmbedderTrainConfig:
     #: channels-last tensors: about a third faster for EfficientNet's depthwise convolutions on CPU
     channels_last: bool = False
     amp: bool = True
+    #: bfloat16 autocast on the CPU (AVX-512 BF16 / AMX): faster steps, fp32 master weights and loss
+    cpu_bf16: bool = False
+    #: people kept out of training to calibrate open-set decisions on faces the model never saw:
+    #: every ``calibration_every``-th person (sorted ids) of ``calibration_set`` with at least
+    #: ``calibration_min_crops`` crops; 0 keeps everyone in training
+    calibration_set: str = "faces/celeba5k"
+    calibration_every: int = 0
+    calibration_min_crops: int = 18
+    #: where a new schedule starts: "random", or "imagenet" (EfficientNet-Lite0's ImageNet weights,
+    #: see :mod:`vidface.train.imagenet_init`); ``--init CHECKPOINT`` overrides it
+    init: str = "random"
     seed: int = 0
 
     @classmethod
@@ -184,19 +195,38 @@ def gather_training_data(config: EmbedderTrainConfig, root: Path | None = None):
         if any(banned in s for s in config.labelled_sets + config.unlabelled_sets):
             raise ValueError(f"{banned} is an evaluation set and must not be trained on")
     paths, labels, identities = [], [], {}
+    held_out = set(calibration_people(config, root))
     for labelled in config.labelled_sets:
         for person_dir in sorted(_crop_folder(labelled, root).iterdir()):
-            if person_dir.is_dir():
-                for crop in sorted(person_dir.glob("*.jpg")):
+            if person_dir.is_dir() and person_dir not in held_out:
+                for crop in crop_files(person_dir):
                     paths.append(crop)
-                    labels.append(identities.setdefault(f"{labelled}/{person_dir.name}", len(identities)))
+                    # one namespace across labelled sets: celeba299 and celeba5k share CelebA's ids
+                    labels.append(identities.setdefault(person_dir.name, len(identities)))
     for unlabelled in config.unlabelled_sets:
-        crops = sorted(_crop_folder(unlabelled, root).glob("*.jpg"))
+        crops = crop_files(_crop_folder(unlabelled, root))
         paths += crops
         labels += [-1] * len(crops)
     cache_root = root / "faces"
     _, teacher = teacher_cache(paths, cache_root, Path(config.teacher_cache))
     return paths, labels, centre_teacher(teacher), len(identities)
+
+
+def calibration_people(config: EmbedderTrainConfig, root: Path | None = None) -> list[Path]:
+    """The person folders held out of training for open-set calibration (see ``calibration_every``)."""
+    if not config.calibration_every:
+        return []
+    folder = _crop_folder(config.calibration_set, root or data_root())
+    eligible = [d for d in sorted(folder.iterdir()) if d.is_dir() and len(crop_files(d)) >= config.calibration_min_crops]
+    return eligible[:: config.calibration_every]
+
+
+CROP_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def crop_files(folder: Path) -> list[Path]:
+    """The aligned crops directly in ``folder`` (JPEG, PNG or WebP), sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CROP_SUFFIXES)
 
 
 def _crop_folder(name: str, root: Path) -> Path:
@@ -227,7 +257,7 @@ def store_embedding_centre(weights: Path, crop_paths: list[Path], limit: int = 4
     BatchNorm's bias); subtracting it before normalisation lets cosine
     similarity measure what differs between faces.
     """
-    from ..embed import FaceEmbedder
+    from ...embed import FaceEmbedder
 
     chosen = random.Random(seed).sample(list(crop_paths), min(limit, len(crop_paths)))
     embedder = FaceEmbedder(weights, "cpu")
@@ -242,6 +272,64 @@ def store_embedding_centre(weights: Path, crop_paths: list[Path], limit: int = 4
     return centre
 
 
+@dataclass
+class Student:
+    """The network being trained with its ArcFace head, distillation projector and optimizer."""
+
+    config: EmbedderTrainConfig
+    net: EmbedderNet
+    head: ArcFaceHead
+    projector: nn.Linear
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+
+    @classmethod
+    def build(cls, config: EmbedderTrainConfig, embed_config: EmbedderConfig, classes: int, teacher_dim: int,
+              device: torch.device) -> "Student":
+        net = EmbedderNet(embed_config).to(device, memory_format=cls._memory_format(config))
+        head = ArcFaceHead(config.embedding_size, max(classes, 1), config.arcface_scale, config.arcface_margin,
+                           config.easy_margin).to(device)
+        projector = nn.Linear(config.embedding_size, teacher_dim).to(device)
+        parameters = list(net.parameters()) + list(head.parameters()) + list(projector.parameters())
+        optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+        return cls(config, net, head, projector, optimizer, scaler, device)
+
+    @staticmethod
+    def _memory_format(config: EmbedderTrainConfig) -> torch.memory_format:
+        return torch.channels_last if config.channels_last else torch.contiguous_format
+
+    def train(self) -> None:
+        self.net.train(), self.head.train(), self.projector.train()
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor) -> tuple[float, float, float]:
+        """One optimizer step on a batch: ``images (B, 3, S, S)``, ``labels (B,)`` (-1 unlabelled), ``teacher
+        (B, T)`` centred unit vectors. Returns the (ArcFace, distillation, relational) losses."""
+        config, device = self.config, self.device
+        images = images.to(device, memory_format=self._memory_format(config))
+        labels, teacher = labels.to(device), teacher.to(device)
+        fp16 = config.amp and device.type == "cuda"
+        bf16 = config.cpu_bf16 and device.type == "cpu"
+        with torch.autocast(device.type, dtype=torch.float16 if fp16 else torch.bfloat16, enabled=fp16 or bf16):
+            embeddings = self.net(images)
+        embeddings = embeddings.float()
+        distill = (1 - F.cosine_similarity(self.projector(embeddings), teacher)).mean()
+        relational = torch.zeros((), device=device)
+        if config.relational_weight:
+            relational = relational_loss(embeddings, teacher)
+        labelled = labels >= 0
+        arcface = torch.zeros((), device=device)
+        if config.arcface_weight and labelled.any():
+            arcface = F.cross_entropy(self.head(embeddings[labelled], labels[labelled]), labels[labelled])
+        loss = config.arcface_weight * arcface + config.distill_weight * distill + config.relational_weight * relational
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return arcface.item(), distill.item(), relational.item()
+
+
 def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -249,15 +337,16 @@ def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cpu", resume: bool = True,
+def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cpu", resume: bool = False,
                    log=print, init: Path | None = None) -> Path:
     """Train, evaluating on LFW every ``eval_every`` epochs (for the log only: the last epoch is kept).
 
-    ``resume`` continues ``run_dir/last.ckpt`` where it stopped; ``init`` (used
-    only when there is nothing to resume) starts a new schedule from another
-    run's weights.
+    ``resume`` continues ``run_dir/last.ckpt`` where it stopped (optimizer,
+    schedule position and epoch; without it an existing checkpoint is an
+    error); ``init`` (used only when there is nothing to resume) starts a new
+    schedule from another run's weights, else ``config.init`` decides.
     """
-    from ..embed import FaceEmbedder
+    from ...embed import FaceEmbedder
     from ..evaluation.lfw import evaluate_lfw, load_lfw_bin
 
     torch.manual_seed(config.seed)
@@ -271,20 +360,22 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
     dataset = FaceCropDataset(paths, labels, teacher, config, embed_config)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                                          num_workers=config.workers, persistent_workers=config.workers > 0)
-    target = torch.device(device)
-    net = EmbedderNet(embed_config).to(target)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    net = net.to(memory_format=memory_format)
-    head = ArcFaceHead(config.embedding_size, classes, config.arcface_scale, config.arcface_margin,
-                       config.easy_margin).to(target)
-    projector = nn.Linear(config.embedding_size, teacher.shape[1]).to(target)
-    parameters = list(net.parameters()) + list(head.parameters()) + list(projector.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    use_amp = config.amp and target.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    student = Student.build(config, embed_config, classes, teacher.shape[1], torch.device(device))
+    net, head, projector, optimizer, target = (student.net, student.head, student.projector, student.optimizer,
+                                               student.device)
     start_epoch = 0
     checkpoint = run_dir / "last.ckpt"
+    if checkpoint.exists() and not resume:
+        raise FileExistsError(f"{checkpoint} exists: resume it (--resume) or choose another --run folder")
     source = checkpoint if resume and checkpoint.exists() else init
+    if source is None and config.init == "imagenet":
+        from .imagenet_init import load_lite0_into
+
+        report = load_lite0_into(net.features)
+        log(f"initialised from ImageNet EfficientNet-Lite0: {len(report.loaded)} tensors, "
+            f"{report.opened_gates} squeeze-excitation gates opened")
+    elif source is None and config.init != "random":
+        raise ValueError(f"unknown init {config.init!r} (random or imagenet)")
     if source is not None:
         state = torch.load(source, map_location=target, weights_only=True)
         for module, key in ((net, "net"), (head, "head"), (projector, "projector")):
@@ -299,40 +390,22 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
     history_file = run_dir / "history.jsonl"
     steps_per_epoch = len(loader)
     for epoch in range(start_epoch, config.epochs):
-        net.train(), head.train(), projector.train()
+        student.train()
         started, seen, totals = time.time(), 0, {"arcface": 0.0, "distill": 0.0, "relational": 0.0}
         for step, (images, batch_labels, teacher_vectors) in enumerate(loader):
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(global_step, config.epochs * steps_per_epoch,
                                      config.warmup_epochs * steps_per_epoch, config.lr)
-            images, batch_labels = images.to(target, memory_format=memory_format), batch_labels.to(target)
-            teacher_vectors = teacher_vectors.to(target)
-            with torch.autocast(target.type, enabled=use_amp):
-                embeddings = net(images)
-            embeddings = embeddings.float()
-            distill = (1 - F.cosine_similarity(projector(embeddings), teacher_vectors)).mean()
-            relational = torch.zeros((), device=target)
-            if config.relational_weight:
-                relational = relational_loss(embeddings, teacher_vectors)
-            labelled = batch_labels >= 0
-            arcface = torch.zeros((), device=target)
-            if config.arcface_weight and labelled.any():
-                arcface = F.cross_entropy(head(embeddings[labelled], batch_labels[labelled]), batch_labels[labelled])
-            loss = (config.arcface_weight * arcface + config.distill_weight * distill
-                    + config.relational_weight * relational)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            arcface, distill, relational = student.step(images, batch_labels, teacher_vectors)
             seen += len(images)
-            totals["arcface"] += arcface.item() * len(images)
-            totals["distill"] += distill.item() * len(images)
-            totals["relational"] += relational.item() * len(images)
+            totals["arcface"] += arcface * len(images)
+            totals["distill"] += distill * len(images)
+            totals["relational"] += relational * len(images)
             if step % 10 == 0:
                 rate = seen / (time.time() - started)
-                log(f"epoch {epoch + 1}/{config.epochs} step {step}/{steps_per_epoch} arcface {arcface.item():.3f} "
-                    f"distill {distill.item():.4f} relational {relational.item():.4f} ({rate:.1f} img/s)")
+                log(f"epoch {epoch + 1}/{config.epochs} step {step}/{steps_per_epoch} arcface {arcface:.3f} "
+                    f"distill {distill:.4f} relational {relational:.4f} ({rate:.1f} img/s)")
         record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1),
                   **{k: round(v / max(seen, 1), 4) for k, v in totals.items()}}
         torch.save({"net": net.state_dict(), "head": head.state_dict(), "projector": projector.state_dict(),
@@ -345,11 +418,63 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
         if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
             if lfw_images is None:
                 lfw_images, lfw_same = load_lfw_bin()
-            student = FaceEmbedder(run_dir / "embedder.safetensors", target)
-            report = evaluate_lfw(student, lfw_images, lfw_same)
+            report = evaluate_lfw(FaceEmbedder(run_dir / "embedder.safetensors", target), lfw_images, lfw_same)
             record.update(lfw_accuracy=round(report.accuracy_mean, 4),
                           lfw_best_threshold=round(report.best_threshold, 4), lfw_best_f1=round(report.best_f1, 4))
         log(json.dumps(record))
         with open(history_file, "a") as stream:
             stream.write(json.dumps(record) + "\n")
     return run_dir / "embedder.safetensors"
+
+
+@dataclass
+class StepSpeed:
+    """One variant of :func:`measure_step_speed`: throughput and where the loss got to."""
+
+    variant: str
+    images_per_s: float
+    first_loss: float
+    last_loss: float
+
+
+def measure_step_speed(config: EmbedderTrainConfig, crops: np.ndarray, teacher: np.ndarray, steps: int = 12,
+                       warmup: int = 2, variants: tuple[str, ...] = ("fp32", "fp32+cl", "bf16", "bf16+cl"),
+                       log=print) -> list[StepSpeed]:
+    """Train the same start weights on the same batches in each numeric variant (``fp32``/``bf16``
+    autocast, ``+cl`` channels-last) on the CPU; images/s over the steps after ``warmup``, and the
+    distillation loss at the start and after the last step.
+
+    ``crops`` ``uint8 (N, S, S, 3)`` aligned BGR crops, ``teacher`` ``(N, T)`` centred unit vectors.
+    """
+    from dataclasses import replace
+
+    embed_config = EmbedderConfig(embedding_size=config.embedding_size, dropout=config.dropout)
+    generator = np.random.default_rng(config.seed)
+    batches = [generator.choice(len(crops), config.batch_size, replace=False) for _ in range(warmup + steps)]
+    torch.manual_seed(config.seed)
+    reference = Student.build(config, embed_config, 1, teacher.shape[1], torch.device("cpu"))
+    if config.init == "imagenet":
+        from .imagenet_init import load_lite0_into
+
+        load_lite0_into(reference.net.features)
+    start = {key: module.state_dict() for key, module in
+             (("net", reference.net), ("projector", reference.projector))}
+    results = []
+    for variant in variants:
+        variant_config = replace(config, cpu_bf16=variant.startswith("bf16"), channels_last=variant.endswith("+cl"),
+                                 arcface_weight=0.0)
+        torch.manual_seed(config.seed)
+        student = Student.build(variant_config, embed_config, 1, teacher.shape[1], torch.device("cpu"))
+        student.net.load_state_dict(start["net"])
+        student.projector.load_state_dict(start["projector"])
+        student.train()
+        losses, started = [], 0.0
+        for index, chosen in enumerate(batches):
+            if index == warmup:
+                started = time.perf_counter()
+            images = crops_to_tensor(crops[chosen], embed_config)
+            losses.append(student.step(images, torch.full((len(chosen),), -1), torch.from_numpy(teacher[chosen]))[1])
+        rate = steps * config.batch_size / (time.perf_counter() - started)
+        results.append(StepSpeed(variant, round(rate, 1), round(losses[0], 4), round(losses[-1], 4)))
+        log(f"{variant}: {rate:.1f} img/s, distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    return results

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import box_iou, data_root, require
+from ...structures import box_iou
+from ..datasets import data_root, require
 
 UNKNOWN = "Unknown"
 MIN_IOU = 0.3
@@ -84,8 +85,8 @@ def _rates(name: str, counts: dict) -> dict:
 
 def evaluate_clips(settings, root: Path | None = None) -> dict:
     """Annotate every clip (log only) and score it; returns per-clip rows and a total row."""
-    from ..gallery import build_gallery
-    from ..pipeline import Models, annotate
+    from ...gallery import build_gallery
+    from ...pipeline import Models, annotate
 
     base = require((root or data_root()) / "videofaceid", "videofaceid clips")
     models = Models.load(settings)
@@ -106,8 +107,8 @@ def evaluate_clips(settings, root: Path | None = None) -> dict:
 def gallery_open_set_scores(settings, gallery_dir: Path | None = None):
     """Leave-one-out open-set scores of a gallery's photos (default gallery: videofaceid's),
     embedded as the pipeline embeds them; see :mod:`vidface.evaluation.open_set`."""
-    from ..gallery import build_gallery
-    from ..pipeline import Models
+    from ...gallery import build_gallery
+    from ...pipeline import Models
     from .open_set import open_set_scores
 
     models = Models.load(settings)

@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..datasets import WiderImage, box_iou, data_root, read_wider_gt, read_yolo_labelled
+from ...structures import box_iou
+from ..datasets import WiderImage, data_root, read_wider_gt, read_yolo_labelled
 
 #: Keypoint order flipped left<->right under a horizontal flip.
 FLIP_INDEX = [1, 0, 2, 4, 3]
@@ -171,7 +172,7 @@ def build_face_crops(dataset_dir: Path, out_dir: Path, min_size: float = 40.0) -
     teacher landmarks are all present are kept; smaller faces carry too little
     detail to teach an embedder. Reads only the training data set, never val-eval.
     """
-    from ..align import align_face
+    from ...align import align_face
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = {"images": 0, "faces": 0}

@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..datasets import WiderImage, box_iou
+from ...structures import box_iou
+from ..datasets import WiderImage
 
 
 @dataclass

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ..datasets import data_root, require
-from ..errors import DataError
+from ...errors import DataError
 
 
 class _NoCodeUnpickler(pickle.Unpickler):

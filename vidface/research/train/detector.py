@@ -11,7 +11,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..offline import load_ultralytics
+from ...offline import load_ultralytics
 
 
 @dataclass

@@ -18,7 +18,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from ..datasets import WiderImage, box_iou, data_root, read_wider_gt, require
+from ...structures import box_iou
+from ..datasets import WiderImage, data_root, read_wider_gt, require
 
 SUBSETS = ("easy", "medium", "hard")
 THRESHOLDS = 1000

@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_options import CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption, FlipOption
-from .errors import GalleryError
-from .files import write_json_atomic
+from ..cli_options import CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption, FlipOption
+from ..errors import GalleryError
+from ..files import write_json_atomic
 
 data_app = typer.Typer(no_args_is_help=True, help="Prepare training data sets.")
 train_app = typer.Typer(no_args_is_help=True, help="Train vidface's own models.")
@@ -87,7 +87,7 @@ def train_detector_command(
     export: Optional[Path] = typer.Option(None, "--export", help="also write vidface's safetensors here"),
 ) -> None:
     """Train YOLOv8n-pose (1 class, 5 landmarks) with ultralytics' trainer, from scratch or --init."""
-    from .detect import export_checkpoint
+    from ..detect import export_checkpoint
     from .train.detector import DetectorRecipe, train_detector
 
     recipe = DetectorRecipe(epochs=epochs, imgsz=imgsz, batch=batch, close_mosaic=close_mosaic, mosaic=mosaic,
@@ -106,7 +106,7 @@ def export_detector_command(
     pt_copy: Optional[Path] = typer.Option(None, "--pt", help="also copy the ultralytics .pt here"),
 ) -> None:
     """Convert our own training checkpoint to vidface's safetensors (and optionally keep the .pt)."""
-    from .detect import export_checkpoint
+    from ..detect import export_checkpoint
     from .train.detector import export_detector
 
     out.print(f"exported: {export_checkpoint(checkpoint, destination)}")
@@ -122,7 +122,7 @@ def calibrate_detector_command(
     min_face: float = typer.Option(12.0, "--min-face", help="faces smaller than this (px) are ignored"),
 ) -> None:
     """Choose the detector's default --det-conf: best F1 on the training hold-out (never on val-eval)."""
-    from .detect import FaceDetector, update_detector_metadata
+    from ..detect import FaceDetector, update_detector_metadata
     from .evaluation.calibration import calibrate_detector, holdout_images
 
     detector = FaceDetector(weights, "cpu", imgsz=imgsz, conf=0.02, max_det=1000)
@@ -137,20 +137,61 @@ def train_embedder_command(
     config: Path = typer.Option(Path("configs/embedder-cpu.json"), "--config"),
     run_dir: Path = typer.Option(Path("runs/embedder"), "--run"),
     device: str = typer.Option("cpu", "--device"),
-    init: Optional[Path] = typer.Option(None, "--init", help="start a new schedule from this last.ckpt's weights"),
+    resume: bool = typer.Option(False, "--resume", help="continue RUN/last.ckpt (optimizer, schedule, epoch)"),
+    init: Optional[str] = typer.Option(None, "--init", help="start a new schedule from 'imagenet' (EfficientNet-Lite0) "
+                                       "or from this last.ckpt's weights; default: the config's 'init'"),
     export: Optional[Path] = typer.Option(None, "--export", help="copy the trained weights (+ .json) here"),
 ) -> None:
     """Train EfficientNet-B0 + ArcFace with distillation from dlib (config in JSON)."""
     import shutil
+    from dataclasses import replace
 
     from .train.embedder import EmbedderTrainConfig, train_embedder
 
-    weights = train_embedder(EmbedderTrainConfig.load(config), run_dir, device=device, init=init)
+    recipe = EmbedderTrainConfig.load(config)
+    checkpoint = None
+    if init in ("imagenet", "random"):
+        recipe = replace(recipe, init=init)
+    elif init is not None:
+        checkpoint = Path(init)
+        if not checkpoint.is_file():
+            raise typer.BadParameter(f"--init takes 'imagenet', 'random' or a checkpoint file; {init} is none")
+    weights = train_embedder(recipe, run_dir, device=device, resume=resume, init=checkpoint)
     if export:
         export.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(weights, export)
         shutil.copyfile(weights.with_suffix(".json"), export.with_suffix(".json"))
         out.print(f"exported: {export}")
+
+
+@train_app.command("embedder-speed")
+def embedder_speed_command(
+    config: Path = typer.Option(Path("configs/embedder-cpu.json"), "--config"),
+    crops: int = typer.Option(1024, "--crops", help="training crops to draw the batches from"),
+    steps: int = typer.Option(12, "--steps", help="timed optimizer steps per variant (after 2 untimed)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table here"),
+) -> None:
+    """Training throughput on this CPU: fp32 vs bf16 autocast, with and without channels-last."""
+    from dataclasses import asdict
+
+    from .train.embedder import EmbedderTrainConfig, gather_training_data, load_crops, measure_step_speed
+
+    recipe = EmbedderTrainConfig.load(config)
+    if recipe.threads:
+        import torch
+
+        torch.set_num_threads(recipe.threads)
+    paths, _, teacher, _ = gather_training_data(recipe)
+    chosen = np.random.default_rng(recipe.seed).choice(len(paths), min(crops, len(paths)), replace=False)
+    images = load_crops([paths[i] for i in chosen], 112)
+    results = measure_step_speed(recipe, images, teacher[chosen], steps=steps)
+    table = Table("variant", "images/s", "loss at start", "loss after")
+    for row in results:
+        table.add_row(row.variant, f"{row.images_per_s:.1f}", f"{row.first_loss:.4f}", f"{row.last_loss:.4f}")
+    out.print(table)
+    if json_out:
+        write_json_atomic({"config": str(config), "batch_size": recipe.batch_size, "steps": steps,
+                           "results": [asdict(row) for row in results]}, json_out)
 
 
 @train_app.command("embedder-centre")
@@ -165,9 +206,11 @@ def embedder_centre_command(
     from .train.embedder import EmbedderTrainConfig, gather_training_data, store_embedding_centre
 
     if crops is not None:
-        paths = sorted(crops.glob("*.jpg"))
+        from .train.embedder import crop_files
+
+        paths = crop_files(crops)
         if not paths:
-            raise typer.BadParameter(f"no .jpg crops in {crops}")
+            raise typer.BadParameter(f"no aligned crops in {crops}")
     else:
         paths, *_ = gather_training_data(EmbedderTrainConfig.load(config))
     centre = store_embedding_centre(weights, paths, limit=limit)
@@ -184,7 +227,7 @@ def _detector_fn(model: str, imgsz: int, conf: float):
             return np.concatenate([found.boxes, found.scores[:, None]], axis=1)
 
         return run_teacher
-    from .detect import FaceDetector
+    from ..detect import FaceDetector
 
     detector = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=conf, max_det=1000)
 
@@ -221,7 +264,7 @@ def eval_widerface(
     out.print(table)
     result = {"model": model, "imgsz": imgsz, "images": report.images, "ap": report.ap}
     if landmark_teacher:
-        from .detect import FaceDetector
+        from ..detect import FaceDetector
         from .evaluation.widerface import landmark_nme
 
         ours = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=None)  # the calibrated threshold, as the pipeline runs it
@@ -261,7 +304,7 @@ def eval_lfw(
         if flip:  # dlib has no mirrored pass of its own: add the mirrored crops' vectors here
             reports["flip"] = evaluate_lfw(embed, images, same, flip=True)
     else:
-        from .embed import FaceEmbedder
+        from ..embed import FaceEmbedder
 
         reports = {"plain": evaluate_lfw(FaceEmbedder(Path(model), device), images, same)}
         if flip:  # exactly as the pipeline embeds with --flip-embed
@@ -294,7 +337,7 @@ def eval_videofaceid(
     from .evaluation.videofaceid import evaluate_clips
 
     values = {k: v for k, v in dict(detector=detector, embedder=embedder).items() if v is not None}
-    from .pipeline import AnnotateSettings
+    from ..pipeline import AnnotateSettings
 
     settings = AnnotateSettings(device=device, det_conf=det_conf, match_threshold=match_threshold,
                                 frame_skip=frame_skip, closeups=closeups, flip_embed=flip_embed,
@@ -324,10 +367,10 @@ def eval_threshold(
     store: bool = typer.Option(False, "--store", help="make it the embedder's default --match-threshold"),
 ) -> None:
     """Open-set threshold from a gallery alone: each photo plays a known face, then a stranger (leave-one-out)."""
-    from .embed import update_embedder_config
+    from ..embed import update_embedder_config
     from .evaluation.open_set import choose_threshold, open_set_histogram
     from .evaluation.videofaceid import gallery_open_set_scores
-    from .pipeline import AnnotateSettings
+    from ..pipeline import AnnotateSettings
 
     values = {k: v for k, v in dict(detector=detector, embedder=embedder).items() if v is not None}
     settings = AnnotateSettings(device="cpu", write_video=False, **values)
@@ -345,3 +388,56 @@ def eval_threshold(
         out.print(f"histogram: {histogram}")
     if store:
         out.print(f"stored in {update_embedder_config(settings.embedder, match_threshold=threshold)}")
+
+
+@eval_app.command("open-set")
+def eval_open_set(
+    config: Path = typer.Option(Path("configs/embedder-cpu-imagenet.json"), "--config",
+                                help="the embedder's training config: which people it held out for calibration"),
+    embedder: Optional[Path] = EmbedderOption,
+    cohort_size: int = typer.Option(1000, "--cohort", help="unlabelled training faces in the stranger cohort"),
+    track_size: int = typer.Option(4, "--track-size", help="crops averaged into one pseudo-track"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
+    store: bool = typer.Option(False, "--store", help="store the pseudo-track threshold as the embedder's default "
+                               "--match-threshold"),
+) -> None:
+    """Track-level open-set rules on pseudo-tracks of the people held out of training (never evaluation data)."""
+    from dataclasses import asdict
+
+    from ..embed import FaceEmbedder, update_embedder_config
+    from .evaluation.open_set import compare_rules
+    from ..pipeline import default_embedder
+    from .train.embedder import EmbedderTrainConfig, calibration_people, crop_files, load_crops
+
+    recipe = EmbedderTrainConfig.load(config)
+    people = calibration_people(recipe)
+    if not people:
+        raise typer.BadParameter(f"{config} holds nobody out for calibration (calibration_every is 0)")
+    weights = embedder or default_embedder()
+    model = FaceEmbedder(weights, "cpu", flip=True)
+    paths, owners = [], []
+    for index, person in enumerate(people):
+        crops = crop_files(person)
+        paths += crops
+        owners += [index] * len(crops)
+    embeddings = model(list(load_crops(paths, model.config.input_size)))
+    from .datasets import data_root
+
+    pool = [p for name in recipe.unlabelled_sets if (data_root() / name).is_dir() for p in crop_files(data_root() / name)]
+    chosen = np.random.default_rng(recipe.seed).choice(len(pool), min(cohort_size, len(pool)), replace=False)
+    cohort = model(list(load_crops([pool[i] for i in chosen], model.config.input_size)))
+    reports = compare_rules(embeddings, np.array(owners), cohort, track_size=track_size)
+    table = Table("rule", "threshold", "cross-half balanced", "named right", "strangers rejected", "own on top")
+    for row in reports:
+        table.add_row(row.rule, f"{row.threshold:.3f}", f"{row.cross_balanced:.3f}", f"{row.named_right:.3f}",
+                      f"{row.unknown_rejected:.3f}", f"{row.own_on_top:.3f}")
+    out.print(f"{len(paths)} crops of {len(people)} held-out people, cohort of {len(cohort)} faces, "
+              f"tracks of {track_size} crops")
+    out.print(table)
+    if json_out:
+        write_json_atomic({"embedder": str(weights), "people": len(people), "crops": len(paths),
+                           "cohort": len(cohort), "track_size": track_size,
+                           "rules": [asdict(r) for r in reports]}, json_out)
+    if store:
+        cosine = next(r for r in reports if r.rule == "cosine")
+        out.print(f"stored in {update_embedder_config(weights, match_threshold=round(cosine.threshold, 3))}")
