@@ -64,8 +64,15 @@ def test_first_run_second_run_and_retry(tree, tmp_path, random_models):
     assert {f["frames"] for f in summary["files"] if f["status"] == "ok"} == {8, 6, 5}
 
     second = run(random_models, tree, "--recursive", "--pattern", "*.mp4", "--out-dir", out, "--json")
-    assert second.returncode == 0, second.stderr
-    assert {f["status"] for f in json.loads(second.stdout)["files"]} == {"skipped"}
+    assert second.returncode == EXIT_SOME_FAILED, "inputs still failing keep cron's monitoring red"
+    statuses = {f["output"]: (f["status"], f["known_failure"]) for f in json.loads(second.stdout)["files"]}
+    assert statuses["a.mp4"] == ("skipped", False) and statuses["corrupt.mp4"] == ("failed", True)
+    accepted = run(random_models, tree, "--recursive", "--pattern", "*.mp4", "--out-dir", out, "--json",
+                   "--accept-known-failures")
+    assert accepted.returncode == 0, accepted.stderr
+    history = [json.loads(line) for line in (out / "batch-history.jsonl").read_text().splitlines()]
+    assert [h["exit_code"] for h in history] == [EXIT_SOME_FAILED, EXIT_SOME_FAILED, 0]
+    assert json.loads((out / "batch-summary.json").read_text())["exit_code"] == 0, "the summary is the last run's"
 
     third = run(random_models, tree, "--recursive", "--pattern", "*.mp4", "--out-dir", out, "--json", "--retry-failed")
     assert third.returncode == EXIT_SOME_FAILED

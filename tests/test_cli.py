@@ -206,3 +206,64 @@ def test_real_process_prints_one_line_and_exit_code(tmp_path, kind):
 def test_usage_errors_exit_2(capsys):
     code, _, err = run_cli(capsys, "annotate", "x.mp4", "--frame-skip", "-1")
     assert code == 2 and "Traceback" not in err
+
+
+def test_ctrl_c_says_so_and_exits_130_leaving_nothing(tmp_path, random_models):
+    import signal
+    import time
+
+    detector, embedder = random_models
+    video = make_video(tmp_path / "long.mp4", frames=900, size=(640, 360), fps=30)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vidface", "annotate", str(video), "--detector", str(detector), "--embedder",
+         str(embedder), "--device", "cpu", "--imgsz", "1280", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    time.sleep(5)  # models loaded, frames under way (900 frames at 1280 px take far longer)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert err.strip().splitlines() == ["vidface: interrupted"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4"], "no partial output"
+
+
+def test_errors_and_tables_are_not_cut_to_80_columns_when_not_a_terminal(tmp_path, random_models):
+    detector, embedder = random_models
+    deep = tmp_path / ("a-rather-long-folder-name-" * 3) / "and-an-even-longer-file-name-for-a-corrupt-video.mp4"
+    deep.parent.mkdir(parents=True)
+    deep.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    result = subprocess.run([sys.executable, "-m", "vidface", "batch", str(deep), "--out-dir", str(tmp_path / "out"),
+                             "--detector", str(detector), "--embedder", str(embedder), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 10
+    failure = [line for line in result.stderr.splitlines() if line.startswith("failed ")]
+    assert len(failure) == 1 and str(deep) in failure[0] and "readable video" in failure[0]
+    assert any(str(deep) in line for line in result.stdout.splitlines()), "the table shows the whole path"
+    quiet = subprocess.run([sys.executable, "-m", "vidface", "batch", str(deep), "--out-dir", str(tmp_path / "out"),
+                            "--detector", str(detector), "--embedder", str(embedder), "--device", "cpu", "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 10 and quiet.stdout == ""
+    assert [line.split(":")[0] for line in quiet.stderr.splitlines()] == [f"failed {deep}"], "failures print with --quiet"
+
+
+def test_help_reads_well():
+    result = subprocess.run([sys.executable, "-m", "vidface", "--help"], capture_output=True, text=True, timeout=60)
+    assert "Exit codes:" in result.stdout and "130" in result.stdout
+    annotate = subprocess.run([sys.executable, "-m", "vidface", "annotate", "--help"], capture_output=True, text=True,
+                              timeout=60).stdout
+    assert "<bool>" not in annotate and "{" not in annotate.splitlines()[0]
+    assert "Usage: vidface annotate [OPTIONS] VIDEO" in " ".join(annotate.split()) or "VIDEO" in annotate.splitlines()[0]
+    import re
+
+    assert re.search(r"--match-threshold COSINE.*default: \d\.\d{3}", " ".join(annotate.split()))
+    assert re.search(r"--det-conf SCORE.*default: \d\.\d{3}", " ".join(annotate.split()))
+    import typer
+
+    from vidface.cli import app
+
+    group = typer.main.get_command(app)
+    for name in ("annotate", "webcam", "batch", "bench", "detect", "embed"):
+        command = group.commands[name]
+        silent = [param.name for param in command.params if not (param.help or "").strip()]
+        assert not silent, f"{name}: options without help text: {silent}"
+    version = subprocess.run([sys.executable, "-m", "vidface", "-V"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("vidface ")

@@ -149,17 +149,24 @@ def test_open_set_threshold_needs_two_people():
         choose_threshold(scores)
 
 
-def test_summary_merges_tracks_of_one_person():
+def test_summary_merges_tracks_of_one_person_and_reports_their_track_score():
     document = {"tracks": [
-        {"identity": "Ann", "display_id": "Ann", "start_s": 1.0, "end_s": 2.0,
-         "detections": [{"similarity": 0.6}, {"similarity": 0.8}]},
-        {"identity": None, "display_id": "unknown-1", "start_s": 0.5, "end_s": 0.7, "detections": [{"similarity": 0.1}]},
-        {"identity": "Ann", "display_id": "Ann", "start_s": 4.0, "end_s": 5.0, "detections": [{"similarity": 0.7}]},
+        {"identity": "Ann", "display_id": "Ann", "start_s": 1.0, "end_s": 2.0, "score": 0.75, "closest": "Ann",
+         "detections": [{"similarity": 0.6}, {"similarity": 0.8}, {"similarity": 0.7}]},
+        {"identity": None, "display_id": "unknown-1", "start_s": 0.5, "end_s": 0.7, "score": 0.2, "closest": "Ann",
+         "detections": [{"similarity": 0.1}]},
+        {"identity": "Ann", "display_id": "Ann", "start_s": 4.0, "end_s": 5.0, "score": 0.71, "closest": "Ann",
+         "detections": [{"similarity": 0.7}]},
     ]}
     rows = summarize(document)
     assert [r["identity"] for r in rows] == ["Ann", "unknown-1"]
     assert rows[0]["tracks"] == 2 and rows[0]["from_s"] == 1.0 and rows[0]["to_s"] == 5.0
-    assert rows[0]["seconds"] == pytest.approx(2.0) and rows[0]["mean_similarity"] == pytest.approx(0.7)
+    assert rows[0]["seconds"] == pytest.approx(2.0)
+    # the score the person was named by (tracks weighted by detections), not a mean of single frames
+    assert rows[0]["score"] == pytest.approx((0.75 * 3 + 0.71) / 4)
+    assert rows[1]["score"] == pytest.approx(0.2)
+    no_gallery = {"tracks": [dict(document["tracks"][1], closest=None, score=0.0)]}
+    assert summarize(no_gallery)[0]["score"] is None
 
 
 def test_stored_threshold_becomes_the_default_match_threshold(random_models, tmp_path):
@@ -178,7 +185,7 @@ def test_stored_threshold_becomes_the_default_match_threshold(random_models, tmp
     models = Models.load(settings)
     assert models.threshold(settings) == 0.37
     assert models.threshold(AnnotateSettings(match_threshold=0.5)) == 0.5
-    logged = settings.for_log(models)
+    logged = settings.resolved(models).for_log()
     assert logged["match_threshold"] == 0.37 and logged["det_conf"] == models.detector.conf
     with pytest.raises(ValueError):
         update_embedder_config(weights, match_treshold=0.3)

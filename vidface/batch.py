@@ -9,11 +9,16 @@
 - A lock file stops two runs from using one output folder; the lock of a
   process that no longer exists is taken over.
 - A file that fails is recorded (``<name>.vidface.failed.json``) and the rest go
-  on; it is retried when its input changes, or with ``retry_failed``.
+  on; it is retried when its input changes, or with ``retry_failed``. Until it
+  succeeds it keeps the batch's exit code non-zero (cron's monitoring stays
+  red), unless ``accept_known_failures`` is set and it failed before.
+- ``batch-summary.json`` holds the last run; ``batch-history.jsonl`` gets a
+  line per run.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import json
@@ -25,12 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BusyError, InputError, VidfaceError
+from .errors import BusyError, InputError, OutputError, VidfaceError
 from .files import write_json_atomic
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts"}
 LOCK_NAME = ".vidface-batch.lock"
 SUMMARY_NAME = "batch-summary.json"
+HISTORY_NAME = "batch-history.jsonl"
 #: exit code of a batch in which some files failed (others may have succeeded)
 EXIT_SOME_FAILED = 10
 
@@ -43,13 +49,16 @@ class BatchItem:
     relative: Path
     status: str = "pending"
     error: str | None = None
+    #: failed in an earlier run and not retried (its input and the recipe are unchanged)
+    known_failure: bool = False
     frames: int = 0
     seconds: float = 0.0
     people: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
         return {"input": str(self.source), "output": str(self.relative), "status": self.status, "error": self.error,
-                "frames": self.frames, "seconds": round(self.seconds, 3), "people": self.people}
+                "known_failure": self.known_failure, "frames": self.frames, "seconds": round(self.seconds, 3),
+                "people": self.people}
 
 
 def collect_inputs(inputs: list[str], pattern: str = "*", recursive: bool = False) -> tuple[list[BatchItem], list[BatchItem]]:
@@ -65,8 +74,11 @@ def collect_inputs(inputs: list[str], pattern: str = "*", recursive: bool = Fals
     for entry in inputs:
         path = Path(entry)
         if path.is_dir():
-            found = path.rglob(pattern) if recursive else path.glob(pattern)
+            found = path.rglob("*") if recursive else path.glob("*")
             for file in sorted(found):
+                # patterns match whatever the case: '*.mp4' takes y.MP4 too
+                if not fnmatch.fnmatchcase(file.name.lower(), pattern.lower()):
+                    continue
                 if file.is_file() and file.suffix.lower() in VIDEO_SUFFIXES | _pattern_suffixes(pattern):
                     add(file, file.relative_to(path))
         elif path.is_file():
@@ -96,7 +108,13 @@ class OutDirLock:
         self.held = False
 
     def acquire(self) -> "OutDirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"--out-dir is a file, not a folder: {folder}")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot create --out-dir {folder}: {error.strerror or error}") from None
         for _ in range(3):
             try:
                 handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -106,6 +124,8 @@ class OutDirLock:
                     raise BusyError(f"another vidface batch (pid {owner.get('pid')}) is using {self.path.parent}") from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
+            except OSError as error:
+                raise OutputError(f"cannot write in --out-dir {folder}: {error.strerror or error}") from None
             with os.fdopen(handle, "w") as stream:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, stream)
             self.held = True
@@ -215,8 +235,13 @@ class BatchResult:
 
 def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, settings, pattern: str = "*",
               recursive: bool = False, jobs: int = 1, retry_failed: bool = False, models=None,
-              on_item=None) -> BatchResult:
-    """Annotate every input into ``out_dir``; see the module docstring for the guarantees."""
+              on_item=None, on_start=None, on_frames=None, accept_known_failures: bool = False) -> BatchResult:
+    """Annotate every input into ``out_dir``; see the module docstring for the guarantees.
+
+    on_start(items): called once with every item, before the first file;
+    on_frames(item, done, total): frame progress of a file; on_item(item):
+    each file's outcome as it is known.
+    """
     from .embed import file_fingerprint
     from .gallery import build_gallery
     from .pipeline import Models, annotate
@@ -227,6 +252,8 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
         raise InputError("no input videos found" + (f" matching {pattern!r}" if pattern != "*" else ""))
     if not items:
         raise InputError(f"no input found: {', '.join(str(m.source) for m in missing)}")
+    if on_start:
+        on_start(items)
     with OutDirLock(out_dir):
         remove_stale_temporaries(out_dir)
         models = models or Models.load(settings)
@@ -235,7 +262,7 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
             "gallery": gallery_identity(gallery),
             "detector": file_fingerprint(models.detector.weights_path),
             "embedder": models.embedder.fingerprint,
-            "settings": {k: v for k, v in settings.for_log(models).items() if k not in ("detector", "embedder", "device")},
+            "settings": {k: v for k, v in settings.resolved(models).for_log().items() if k not in ("detector", "embedder", "device")},
         }
         if jobs > 1:
             lock = threading.Lock()
@@ -261,12 +288,24 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
                 return item
             failed_before = _read_json(failed_file)
             if failed_before and failed_before.get("identity") == identity and not retry_failed:
-                item.status, item.error = "skipped", f"failed in an earlier run: {failed_before.get('error')}"
+                item.status, item.known_failure = "failed", True
+                item.error = f"failed in an earlier run, input unchanged: {failed_before.get('error')}"
                 return item
             video_out.parent.mkdir(parents=True, exist_ok=True)
+
+            def manifest(result) -> dict:
+                people = [row["identity"] for row in result.summary]
+                return {"identity": identity, "frames": result.frames, "people": people,
+                        "outputs": [str(p) for p in outputs], "finished": time.time()}
+
+            def progress(done: int, total: int) -> None:
+                if on_frames:
+                    on_frames(item, done, total)
+
             try:
                 result = annotate(item.source, gallery, video_out if settings.write_video else None, log_out,
-                                  settings, models, overwrite=True, gallery_path=gallery_folder)
+                                  settings, models, overwrite=True, gallery_path=gallery_folder, progress=progress,
+                                  manifest=(done_file, manifest))
             except VidfaceError as error:
                 item.status, item.error = "failed", str(error)
                 write_json_atomic({"identity": identity, "error": str(error)}, failed_file)
@@ -276,8 +315,6 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
             if result.truncated:
                 item.error = f"truncated: {result.warning}"
             item.seconds = time.perf_counter() - started
-            write_json_atomic({"identity": identity, "frames": item.frames, "people": item.people,
-                               "outputs": [str(p) for p in outputs], "finished": time.time()}, done_file)
             failed_file.unlink(missing_ok=True)
             return item
 
@@ -306,9 +343,15 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
         }
         result = BatchResult(all_items, out_dir / SUMMARY_NAME, 0)
         summary["counts"] = result.counts()
-        result.exit_code = EXIT_SOME_FAILED if summary["counts"].get("failed") else 0
+        failing = [item for item in all_items if item.status == "failed"
+                   and not (accept_known_failures and item.known_failure)]
+        result.exit_code = EXIT_SOME_FAILED if failing else 0
         summary["exit_code"] = result.exit_code
         write_json_atomic(summary, result.summary_path)
+        history = {key: summary[key] for key in ("finished", "counts", "exit_code")}
+        history["failed"] = [item.record()["input"] for item in all_items if item.status == "failed"]
+        with open(out_dir / HISTORY_NAME, "a") as stream:
+            stream.write(json.dumps(history) + "\n")
         return result
 
 

@@ -1,7 +1,9 @@
 """The ``vidface`` command line: a thin typer layer over the library.
 
-Every user error becomes one line on stderr and a distinct exit code (see
-:mod:`vidface.errors`); Ctrl-C exits with 130.
+Every user error becomes one line on stderr and a documented exit code (see
+:mod:`vidface.errors` and :data:`EXIT_CODES`); Ctrl-C prints one line and
+exits 130. Output that goes to a file or a pipe is never wrapped or cut to
+a terminal's width.
 """
 
 from __future__ import annotations
@@ -13,30 +15,82 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .cli_options import (CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption,
-                          FlipOption)
+from .cli_options import (BatchSizeOption, CloseupsOption, CodecOption, DetConfOption, DetectorOption, DeviceOption,
+                          EmbedderOption, FlipOption, FrameSkipOption, GalleryOption, ImgszOption, JsonOption,
+                          MatchThresholdOption, OverwriteOption, QuietOption)
+from .errors import InputError, UsageError, VidfaceError
 from .research.cli import data_app, eval_app, train_app
-from .errors import InputError, VidfaceError
 
 # OpenCV and its FFmpeg print their own lines for files and cameras they cannot open; the
 # command line reports each of those as one error line, so theirs is noise (set to re-enable).
 os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Find, track and name faces in videos.")
-gallery_app = typer.Typer(no_args_is_help=True, help="Build and inspect galleries (one folder of photos per person).")
-app.add_typer(gallery_app, name="gallery")
+#: exit code -> meaning, for every command (also printed by ``vidface --help``)
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected error (a bug: please report it; VIDFACE_DEBUG=1 shows the traceback)",
+    2: "bad usage (unknown option, value out of range, unknown device name)",
+    3: "bad input video or photo",
+    4: "gallery problem",
+    5: "missing or wrong model weights",
+    6: "an output exists (without --overwrite) or cannot be written",
+    7: "the requested CUDA device is absent",
+    8: "another batch holds the out-dir",
+    9: "a data set is missing (research commands)",
+    10: "batch: some inputs failed (also inputs that failed before, unless --accept-known-failures)",
+    130: "interrupted (Ctrl-C)",
+}
+_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
 
+
+def _plain_usage_name(self) -> str:
+    """``VIDEO`` / ``[VIDEO]`` in the usage line, as man pages write them (typer writes ``{VIDEO}``)."""
+    name = self.display_name_raw
+    name = name if self.required else f"[{name}]"
+    return name + ("..." if self.nargs != 1 else "")
+
+
+_argument_type = typer.core.TyperArgument.display_type_rich
+
+
+def _argument_type_unless_named(self, ctx) -> str | None:
+    """An argument with a metavar (``VIDEO``) says what it is; ``<path>`` after it is noise."""
+    return None if self.metavar else _argument_type(self, ctx)
+
+
+typer.core.TyperArgument._usage_display_name = _plain_usage_name
+typer.core.TyperArgument.display_type_rich = _argument_type_unless_named
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Find, track and name faces in videos.", epilog=_EPILOG)
+gallery_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                          help="Build and inspect galleries (one folder of photos per person).")
+app.add_typer(gallery_app, name="gallery")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
-out = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool) -> Console:
+    """A console that wraps and fits to a terminal, but never cuts lines or table cells going to a file or pipe."""
+    stream = sys.stderr if stderr else sys.stdout
+    tty = stream.isatty()
+    return Console(stderr=stderr, soft_wrap=not tty, width=None if tty else 10_000, highlight=False)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
+
+
+def say(message: str, style: str | None = None) -> None:
+    """One line for a person, on stderr (stdout stays for results)."""
+    err.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 def _settings(**values):
@@ -54,42 +108,45 @@ def _load_gallery(folder: Optional[Path], models, quiet: bool = False):
     gallery = build_gallery(folder, models.detector, models.embedder)
     if not quiet:
         for photo in gallery.problems:
-            err.print(f"gallery: skipped {photo.path} ({photo.status})", style="yellow", markup=False)
+            say(f"gallery: skipped {photo.path} ({photo.status})", style="yellow")
     return gallery
 
 
-def print_summary(summary: list[dict], title: str) -> None:
+def print_summary(summary: list[dict], title: str, console: Console = out) -> None:
     table = Table(title=title)
-    for column in ("who", "tracks", "from", "to", "on screen", "mean similarity"):
+    for column in ("who", "tracks", "from", "to", "on screen", "track score"):
         table.add_column(column, justify="left" if column == "who" else "right")
     for row in summary:
-        similarity = "-" if row["mean_similarity"] is None else f"{row['mean_similarity']:.2f}"
+        score = "-" if row["score"] is None else f"{row['score']:.2f}"
         table.add_row(row["identity"], str(row["tracks"]), f"{row['from_s']:.2f}s", f"{row['to_s']:.2f}s",
-                      f"{row['seconds']:.2f}s", similarity)
+                      f"{row['seconds']:.2f}s", score)
     if not summary:
         table.add_row("(nobody)", "0", "-", "-", "-", "-")
-    out.print(table)
+    console.print(table)
 
 
 @app.command()
 def annotate(
-    input: Path = typer.Argument(..., help="video file"),
-    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help="gallery folder (one sub-folder per person)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="annotated video (default INPUT.vidface.mp4)"),
-    log: Optional[Path] = typer.Option(None, "--log", help="JSON track log (default INPUT.vidface.json)"),
+    input: Path = typer.Argument(..., metavar="VIDEO", help="video file"),
+    gallery: Optional[Path] = GalleryOption,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="VIDEO",
+                                          help="annotated video  [default: VIDEO.vidface.mp4 beside the input]"),
+    log: Optional[Path] = typer.Option(None, "--log", metavar="JSON",
+                                       help="JSON track log  [default: VIDEO.vidface.json beside the input]"),
     device: str = DeviceOption,
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="frames per detector batch"),
-    imgsz: int = typer.Option(640, "--imgsz", min=32, help="detector input size (long side, px)"),
+    batch_size: int = BatchSizeOption,
+    imgsz: int = ImgszOption,
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
     det_conf: Optional[float] = DetConfOption,
-    match_threshold: Optional[float] = typer.Option(None, "--match-threshold", min=-1.0, max=1.0,
-                                                    help="cosine similarity to name a face (default: the embedder's)"),
-    frame_skip: int = typer.Option(0, "--frame-skip", min=0, help="detect every N+1-th frame, carry tracks between"),
+    match_threshold: Optional[float] = MatchThresholdOption,
+    frame_skip: int = FrameSkipOption,
     no_video: bool = typer.Option(False, "--no-video", help="write only the JSON log"),
     landmarks: bool = typer.Option(False, "--landmarks", help="also draw the five landmarks"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
+    codec: str = CodecOption,
+    overwrite: bool = OverwriteOption,
+    quiet: bool = QuietOption,
+    as_json: bool = JsonOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
@@ -97,11 +154,13 @@ def annotate(
     from tqdm import tqdm
 
     from .gallery import list_gallery
-    from .io import probe_video
+    from .io import CODECS, probe_video
     from .pipeline import Models, annotate as run_annotate, resolve_outputs
 
+    if codec not in CODECS:
+        raise UsageError(f"--codec {codec!r}: choose from {', '.join(CODECS)}")
     settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
-                         closeups=closeups, flip_embed=flip_embed,
+                         closeups=closeups, flip_embed=flip_embed, codec=codec,
                          match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
                          draw_landmarks=landmarks, detector=detector, embedder=embedder)
     info = probe_video(input)
@@ -120,43 +179,53 @@ def annotate(
     finally:
         bar.close()
     if result.truncated:
-        err.print(f"warning: {input} is truncated or damaged; annotated the {result.frames} frames "
-                  f"that could be decoded ({result.warning})", style="yellow", markup=False)
+        say(f"warning: {input} is truncated or damaged; annotated the {result.frames} frames that could be "
+            f"decoded ({result.warning})", style="yellow")
+    if as_json:
+        out.print_json(json.dumps({
+            "input": str(input), "video": str(result.video_path) if result.video_path else None,
+            "log": str(result.log_path), "frames": result.frames, "seconds": round(result.seconds, 3),
+            "truncated": result.truncated, "people": result.summary}))
     if not quiet:
         print_summary(result.summary, f"{input.name}: {result.frames} frames in {result.seconds:.1f}s "
-                                      f"({result.frames / max(result.seconds, 1e-9):.1f} frames/s)")
+                                      f"({result.frames / max(result.seconds, 1e-9):.1f} frames/s)",
+                      console=err if as_json else out)
+        where = err if as_json else out
         if result.video_path:
-            out.print(f"video: {result.video_path}")
-        out.print(f"log:   {result.log_path}")
+            where.print(f"video: {result.video_path}", markup=False, highlight=False)
+        where.print(f"log:   {result.log_path}", markup=False, highlight=False)
 
 
 @gallery_app.command("build")
 def gallery_build(
-    folder: Path = typer.Argument(..., help="gallery folder"),
+    folder: Path = typer.Argument(..., metavar="DIR", help="gallery folder"),
     device: str = DeviceOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
     """Embed every gallery photo now (cached; later runs reuse it)."""
+    from .gallery import list_gallery
     from .pipeline import Models
 
+    list_gallery(folder)
     models = Models.load(_settings(device=device, detector=detector, embedder=embedder))
     gallery = _load_gallery(folder, models)
     out.print(f"gallery {folder}: {len(gallery.names)} people, {len(gallery.embeddings)} usable photos, "
-              f"{len(gallery.problems)} skipped")
+              f"{len(gallery.problems)} skipped", markup=False, highlight=False)
 
 
 @gallery_app.command("show")
 def gallery_show(
-    folder: Path = typer.Argument(..., help="gallery folder"),
+    folder: Path = typer.Argument(..., metavar="DIR", help="gallery folder"),
     device: str = DeviceOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
     """List people, photo counts and problem photos."""
-    from .gallery import scan_gallery
+    from .gallery import list_gallery, scan_gallery
     from .pipeline import Models
 
+    list_gallery(folder)
     models = Models.load(_settings(device=device, detector=detector, embedder=embedder))
     photos, _ = scan_gallery(folder, models.detector, models.embedder)
     table = Table(title=f"gallery {folder}")
@@ -175,8 +244,10 @@ def gallery_show(
 def _read_image(path: Path):
     import cv2
 
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"image not found: {path}")
+    if not path.is_file():
+        raise InputError(f"not a file: {path}")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise InputError(f"not a readable image: {path}")
@@ -185,13 +256,15 @@ def _read_image(path: Path):
 
 @app.command()
 def detect(
-    photo: Path = typer.Argument(..., help="photo"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="annotated photo (default PHOTO.vidface.jpg)"),
-    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help="name the faces from this gallery"),
+    photo: Path = typer.Argument(..., metavar="PHOTO", help="photo"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="IMAGE",
+                                          help="annotated photo  [default: PHOTO.vidface.jpg beside it]"),
+    gallery: Optional[Path] = GalleryOption,
     device: str = DeviceOption,
+    imgsz: int = ImgszOption,
     det_conf: Optional[float] = DetConfOption,
-    match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    match_threshold: Optional[float] = MatchThresholdOption,
+    overwrite: bool = OverwriteOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
@@ -202,19 +275,19 @@ def detect(
     image = _read_image(photo)
     output = output or photo.with_name(photo.stem + ".vidface" + (photo.suffix or ".jpg"))
     check_output(output, photo, overwrite)
-    settings = _settings(device=device, det_conf=det_conf, match_threshold=match_threshold,
+    settings = _settings(device=device, imgsz=imgsz, det_conf=det_conf, match_threshold=match_threshold,
                          detector=detector, embedder=embedder)
     models = Models.load(settings)
     known = _load_gallery(gallery, models)
-    faces, drawn = annotate_photo(image, models, known, models.threshold(settings))
+    faces, drawn = annotate_photo(image, models, known, settings.resolved(models).match_threshold)
     write_image_atomic(drawn, output)
     out.print_json(json.dumps({"photo": str(photo), "output": str(output), "faces": faces}))
 
 
 @app.command()
 def embed(
-    image: Path = typer.Argument(..., help="aligned 112x112 crop, or a photo (its largest face is used)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="save the vector (.npy or .json)"),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="aligned 112x112 crop, or a photo (its largest face)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="save the vector (.npy or .json)"),
     device: str = DeviceOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
@@ -230,54 +303,69 @@ def embed(
         out.print(json.dumps([round(float(v), 6) for v in vector]))
         return
     save_vector(vector, output)
-    out.print(f"saved {len(vector)}-d embedding to {output}")
+    out.print(f"saved {len(vector)}-d embedding to {output}", markup=False, highlight=False)
 
 
 @app.command()
 def bench(
-    input: Path = typer.Argument(..., help="video file"),
-    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g"),
+    input: Path = typer.Argument(..., metavar="VIDEO", help="video file"),
+    gallery: Optional[Path] = GalleryOption,
     device: str = DeviceOption,
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    imgsz: int = typer.Option(640, "--imgsz", min=32),
+    batch_size: int = BatchSizeOption,
+    imgsz: int = ImgszOption,
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
-    frame_skip: int = typer.Option(0, "--frame-skip", min=0),
+    frame_skip: int = FrameSkipOption,
+    codec: str = CodecOption,
+    as_json: bool = JsonOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
-    """Per-stage throughput (decode, detect, align+embed, track+draw, encode) and end-to-end frames/s."""
+    """Throughput: decode alone, each stage, and end to end (frames/s), with start-up time and peak memory."""
     from .bench import run_bench
+    from .io import probe_video
 
+    probe_video(input)
     settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, frame_skip=frame_skip,
-                         closeups=closeups, flip_embed=flip_embed,
-                         detector=detector, embedder=embedder)
+                         closeups=closeups, flip_embed=flip_embed, codec=codec, detector=detector, embedder=embedder)
     report = run_bench(input, gallery, settings)
-    table = Table(title=f"vidface bench: {input.name} ({report['frames']} frames, device {report['device']})")
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title=f"vidface bench: {input.name}, {report['width']}x{report['height']}, {report['frames']} frames, "
+                        f"{report['faces_per_frame']:.2f} faces/frame, device {report['device']}, "
+                        f"{report['threads']} threads")
     for column in ("stage", "seconds", "frames/s"):
         table.add_column(column, justify="left" if column == "stage" else "right")
-    for stage, seconds, fps in report["rows"]:
-        table.add_row(stage, f"{seconds:.2f}", f"{fps:.1f}")
+    for row in report["stages"]:
+        table.add_row(row["stage"], f"{row['seconds']:.2f}", f"{row['fps']:.1f}")
     out.print(table)
+    out.print(f"start-up {report['startup_s']:.2f}s, peak memory {report['peak_memory_mb']:.0f} MB, end to end "
+              f"{report['end_to_end_fps']:.1f} frames/s = {report['slowdown_vs_decode']:.1f}x decode-only time",
+              markup=False, highlight=False)
 
 
 @app.command()
 def webcam(
-    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help="gallery folder"),
-    camera: int = typer.Option(0, "--camera", help="camera index"),
-    source: Optional[str] = typer.Option(None, "--source", help="a file or stream URL instead of a camera"),
-    frame_skip: int = typer.Option(0, "--frame-skip", min=0, help="detect every N+1-th frame, carry tracks between"),
+    gallery: Optional[Path] = GalleryOption,
+    camera: int = typer.Option(0, "--camera", min=0, metavar="INDEX", help="camera index"),
+    source: Optional[str] = typer.Option(None, "--source", metavar="FILE_OR_URL",
+                                         help="a video file or stream URL instead of a camera"),
+    frame_skip: int = FrameSkipOption,
     det_conf: Optional[float] = DetConfOption,
-    match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
-    imgsz: int = typer.Option(640, "--imgsz", min=32),
+    match_threshold: Optional[float] = MatchThresholdOption,
+    imgsz: int = ImgszOption,
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
     device: str = DeviceOption,
-    record: Optional[Path] = typer.Option(None, "--record", help="save the annotated stream to this video"),
-    log: Optional[Path] = typer.Option(None, "--log", help="save a JSON track log"),
+    record: Optional[Path] = typer.Option(None, "--record", metavar="VIDEO",
+                                          help="save the annotated session (real timestamps: it lasts as long as "
+                                               "the session)"),
+    log: Optional[Path] = typer.Option(None, "--log", metavar="JSON", help="save a JSON track log"),
     no_display: bool = typer.Option(False, "--no-display", help="headless: record and/or log only"),
-    seconds: Optional[float] = typer.Option(None, "--seconds", min=0.0, help="stop after this long"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    seconds: Optional[float] = typer.Option(None, "--seconds", min=0.0, metavar="S", help="stop after this long"),
+    codec: str = CodecOption,
+    overwrite: bool = OverwriteOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
@@ -287,56 +375,63 @@ def webcam(
 
     origin = parse_source(camera, source)
     settings = _settings(device=device, frame_skip=frame_skip, det_conf=det_conf, match_threshold=match_threshold,
-                         imgsz=imgsz, closeups=closeups, flip_embed=flip_embed, detector=detector, embedder=embedder)
+                         imgsz=imgsz, closeups=closeups, flip_embed=flip_embed, codec=codec, detector=detector,
+                         embedder=embedder)
     models = Models.load(settings)
     known = _load_gallery(gallery, models)
     result = run_webcam(origin, known, settings, models, record, log, display=not no_display,
                         max_seconds=seconds, overwrite=overwrite)
-    print_summary(result.summary, f"live: {result.frames_shown} frames shown, {result.frames_dropped} stale frames "
-                                  f"dropped, {result.frames_shown / max(result.seconds, 1e-9):.1f} frames/s")
+    print_summary(result.summary, f"live: {result.frames_shown} frames shown in {result.seconds:.1f}s "
+                                  f"({result.frames_shown / max(result.seconds, 1e-9):.1f} frames/s), "
+                                  f"{result.frames_dropped} stale frames dropped")
 
 
 @app.command()
 def batch(
-    inputs: list[str] = typer.Argument(..., help="video files, folders or globs"),
-    out_dir: Path = typer.Option(..., "--out-dir", "-O", help="results folder (mirrors the input layout)"),
-    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help="gallery folder"),
-    pattern: str = typer.Option("*", "--pattern", help="file pattern inside folders, e.g. '*.mp4'"),
+    inputs: list[str] = typer.Argument(..., metavar="INPUT", help="video files, folders or globs"),
+    out_dir: Path = typer.Option(..., "--out-dir", "-O", metavar="DIR", help="results folder (mirrors the input layout)"),
+    gallery: Optional[Path] = GalleryOption,
+    pattern: str = typer.Option("*", "--pattern", metavar="GLOB",
+                                help="file pattern inside folders, any case ('*.mp4' takes y.MP4)"),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="descend into sub-folders"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="files decoded in parallel (models are shared)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, metavar="N", help="files decoded in parallel (models are shared)"),
     no_video: bool = typer.Option(False, "--no-video", help="write only the JSON logs"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="retry files that failed in an earlier run"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
+    accept_known_failures: bool = typer.Option(
+        False, "--accept-known-failures",
+        help="exit 0 when the only failures are files that failed before and did not change"),
+    as_json: bool = JsonOption,
     device: str = DeviceOption,
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    imgsz: int = typer.Option(640, "--imgsz", min=32),
+    batch_size: int = BatchSizeOption,
+    imgsz: int = ImgszOption,
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
     det_conf: Optional[float] = DetConfOption,
-    match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
-    frame_skip: int = typer.Option(0, "--frame-skip", min=0),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    match_threshold: Optional[float] = MatchThresholdOption,
+    frame_skip: int = FrameSkipOption,
+    codec: str = CodecOption,
+    quiet: bool = QuietOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
     """Annotate many videos into --out-dir; safe to repeat (finished files are skipped).
 
-    Exit code: 0 all done, 10 some files failed, other codes: nothing could start.
+    Every failure is printed, one line each, even with --quiet. Exit code: 0
+    all done, 10 some inputs failing, other codes: nothing could start.
     """
     from .batch import run_batch
 
     settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
-                         closeups=closeups, flip_embed=flip_embed,
+                         closeups=closeups, flip_embed=flip_embed, codec=codec,
                          match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
                          detector=detector, embedder=embedder)
-
-    def report(item) -> None:
-        if not quiet and not as_json:
-            colour = {"ok": "green", "failed": "red", "skipped": "dim"}.get(item.status, "white")
-            extra = f" ({item.error})" if item.error else ""
-            err.print(f"{item.status:>7} {item.source}{extra}", style=colour, markup=False, highlight=False)
-
-    result = run_batch(inputs, out_dir, gallery, settings, pattern, recursive, jobs, retry_failed, on_item=report)
+    display = _BatchDisplay(quiet=quiet or as_json)
+    try:
+        result = run_batch(inputs, out_dir, gallery, settings, pattern, recursive, jobs, retry_failed,
+                           on_item=display.item, on_start=display.start, on_frames=display.frames,
+                           accept_known_failures=accept_known_failures)
+    finally:
+        display.stop()
     if as_json:
         out.print_json(result.summary_path.read_text())
     elif not quiet:
@@ -349,33 +444,98 @@ def batch(
                           ", ".join(item.people) or "-", item.error or "")
         out.print(table)
         out.print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
-                  f"summary: {result.summary_path}")
+                  f"summary: {result.summary_path}", markup=False, highlight=False)
     if result.exit_code:
         sys.exit(result.exit_code)
 
 
-def main() -> None:
-    """Entry point: runs the typer app, turning user errors into one line and an exit code."""
-    try:
-        code = app(standalone_mode=False)
-    except VidfaceError as error:
-        err.print(f"vidface: error: {error}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(error.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        err.print("vidface: interrupted", highlight=False)
-        sys.exit(130)
-    except Exception as error:
-        # typer's usage errors (bad option values and the like) know how to show themselves
-        if callable(getattr(error, "show", None)) and isinstance(getattr(error, "exit_code", None), int):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
-    if isinstance(code, int) and code:
-        sys.exit(code)
+class _BatchDisplay:
+    """Batch progress for a person: rich bars (files and frames, ETA) on a terminal, plain lines otherwise.
+
+    Failures are always printed, one line each, whatever ``quiet`` says: cron mails what a job prints.
+    """
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.progress = None
+        self.files_task = None
+        self.tasks: dict = {}
+
+    def start(self, items) -> None:
+        if self.quiet or not sys.stderr.isatty():
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=err, transient=True)
+        self.progress.start()
+        self.files_task = self.progress.add_task("files", total=len(items))
+
+    def frames(self, item, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        if item.source not in self.tasks:
+            self.tasks[item.source] = self.progress.add_task(f"  {item.source.name}", total=total or None)
+        self.progress.update(self.tasks[item.source], completed=done)
+
+    def item(self, item) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.files_task)
+            task = self.tasks.pop(item.source, None)
+            if task is not None:
+                self.progress.remove_task(task)
+        if item.status == "failed":
+            say(f"failed {item.source}: {item.error}", style="red")
+        elif not self.quiet:
+            extra = f" ({item.error})" if item.error else ""
+            line = f"{item.status:>7} {item.source}{extra}"
+            if self.progress is not None:
+                self.progress.console.print(line, markup=False, highlight=False, style="dim")
+            else:
+                say(line)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        out.print(f"vidface {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
 
 
 @app.callback(invoke_without_command=True)
-def _root(version: bool = typer.Option(False, "--version", help="print the version and exit")) -> None:
-    if version:
-        out.print(f"vidface {__version__}")
-        raise typer.Exit()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version_callback, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Find, track and name faces in videos."""
+
+
+def main() -> None:
+    """Entry point: runs the typer app, turning every error into one stderr line and an exit code."""
+    try:
+        code = app(standalone_mode=False)
+    except VidfaceError as error:
+        say(f"vidface: error: {error}")
+        sys.exit(error.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        say("vidface: interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as error:  # noqa: BLE001 - the CLI's promise: one line, never a traceback
+        # typer's usage errors (bad option values and the like) carry their own exit code (2)
+        if callable(getattr(error, "format_message", None)) and isinstance(getattr(error, "exit_code", None), int):
+            context = getattr(error, "ctx", None)
+            where = f" (see '{context.command_path} --help')" if context is not None else ""
+            say(f"vidface: error: {error.format_message()}{where}")
+            sys.exit(error.exit_code)
+        if os.environ.get("VIDFACE_DEBUG"):
+            raise
+        say(f"vidface: error: unexpected {type(error).__name__}: {error} (a bug: please report it; "
+            f"VIDFACE_DEBUG=1 shows where)")
+        sys.exit(1)
+    if code == 130:  # typer turns Ctrl-C into this exit code and returns it
+        say("vidface: interrupted")
+    if isinstance(code, int) and code:
+        sys.exit(code)

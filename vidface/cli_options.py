@@ -1,16 +1,65 @@
-"""Command-line options shared by the user commands and ``vidface eval``."""
+"""Command-line options shared by the user commands and ``vidface eval``, declared once.
+
+The default thresholds are printed as numbers: they are read from the
+shipped weights' metadata (no model is loaded to show ``--help``).
+"""
 
 from __future__ import annotations
 
+import json
+import struct
+from pathlib import Path
+
 import typer
 
-DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
-DetectorOption = typer.Option(None, "--detector", help="detector weights (.safetensors); default weights/yolov8n-face")
-EmbedderOption = typer.Option(None, "--embedder",
-                              help="embedder weights (.safetensors + .json); default weights/effb0-arcface")
+
+def _weights_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("VIDFACE_WEIGHTS", Path(__file__).resolve().parent.parent / "weights"))
+
+
+def stored_det_conf() -> str:
+    """The shipped detector's calibrated score threshold, read from its safetensors header."""
+    try:
+        with open(_weights_dir() / "yolov8n-face.safetensors", "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            metadata = json.loads(handle.read(length)).get("__metadata__", {})
+        return f"{float(metadata['det_conf']):.3f}"
+    except (OSError, ValueError, KeyError, struct.error):
+        return "the detector's calibrated value"
+
+
+def stored_match_threshold() -> str:
+    """The shipped embedder's recommended match threshold, from its JSON config."""
+    try:
+        config = json.loads((_weights_dir() / "effb0-arcface.json").read_text())
+        return f"{float(config['match_threshold']):.3f}"
+    except (OSError, ValueError, KeyError):
+        return "the embedder's recommended value"
+
+
+DeviceOption = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
+DetectorOption = typer.Option(None, "--detector", metavar="WEIGHTS",
+                              help="detector weights (.safetensors)  [default: weights/yolov8n-face]")
+EmbedderOption = typer.Option(None, "--embedder", metavar="WEIGHTS",
+                              help="embedder weights (.safetensors + .json)  [default: weights/effb0-arcface]")
 FlipOption = typer.Option(True, "--flip-embed/--no-flip-embed",
                           help="embed each face and its mirror image (steadier names, embedding twice the work)")
 CloseupsOption = typer.Option(True, "--closeups/--no-closeups",
                               help="also look for faces that fill much of the frame (a second, small detector pass)")
-DetConfOption = typer.Option(None, "--det-conf", min=0.0, max=1.0,
-                             help="minimum face score (default: the threshold calibrated for the detector)")
+DetConfOption = typer.Option(None, "--det-conf", min=0.0, max=1.0, metavar="SCORE",
+                             help=f"minimum face score  [default: {stored_det_conf()}, calibrated for the detector]")
+MatchThresholdOption = typer.Option(
+    None, "--match-threshold", min=-1.0, max=1.0, metavar="COSINE",
+    help=f"similarity a face needs to be named  [default: {stored_match_threshold()}, calibrated for the embedder]")
+BatchSizeOption = typer.Option(8, "--batch-size", min=1, metavar="FRAMES", help="frames per detector batch")
+ImgszOption = typer.Option(640, "--imgsz", min=32, metavar="PX", help="detector input size (long side, pixels)")
+FrameSkipOption = typer.Option(0, "--frame-skip", min=0, metavar="N",
+                               help="detect every N+1-th frame, carry the tracks over the frames between")
+OverwriteOption = typer.Option(False, "--overwrite", help="replace existing outputs")
+QuietOption = typer.Option(False, "--quiet", "-q", help="no progress or summary (errors are still printed)")
+JsonOption = typer.Option(False, "--json", help="print the result as JSON on stdout (human text goes to stderr)")
+CodecOption = typer.Option("h264", "--codec", metavar="CODEC",
+                           help="video encoder: h264 (plays everywhere), h264-nvenc (NVIDIA GPU) or mpeg4")
+GalleryOption = typer.Option(None, "--gallery", "-g", metavar="DIR", help="gallery folder (one sub-folder per person)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DeviceError
+from .errors import DeviceError, UsageError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -18,10 +18,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:") or name.isdigit():
-        index = int(name.split(":", 1)[1]) if ":" in name else (int(name) if name.isdigit() else 0)
+        suffix = name.split(":", 1)[1] if ":" in name else name if name.isdigit() else "0"
+        if not suffix.isdigit():
+            raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+        index = int(suffix)
         if not torch.cuda.is_available():
             raise DeviceError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
         if index >= torch.cuda.device_count():
             raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
         return torch.device(f"cuda:{index}")
-    raise DeviceError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")

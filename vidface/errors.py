@@ -13,6 +13,12 @@ class VidfaceError(Exception):
     exit_code = 1
 
 
+class UsageError(VidfaceError):
+    """A command-line value that cannot work (an unknown device or codec name, ...)."""
+
+    exit_code = 2
+
+
 class InputError(VidfaceError):
     """The input video or photo is missing, unreadable or not a video."""
 

@@ -77,11 +77,17 @@ def probe_video(path: Path) -> VideoInfo:
     _check_file(path)
     try:
         return _probe_pyav(path)
+    except _StillImage as error:
+        raise InputError(str(error)) from None
     except InputError as error:
         fallback = _probe_cv2(path)
         if fallback is None:
             raise error
         return fallback
+
+
+class _StillImage(InputError):
+    """A photo where a video was expected: OpenCV would open it as a one-frame video; PyAV knows better."""
 
 
 def _probe_cv2(path: Path) -> VideoInfo | None:
@@ -107,6 +113,8 @@ def _probe_pyav(path: Path) -> VideoInfo:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise InputError(f"no video stream in {path}")
+            if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+                raise _StillImage(f"{path} is a still image, not a video (for photos: vidface detect)")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or Fraction(30)
             fps = float(rate) if rate else 30.0
@@ -340,6 +348,12 @@ class AnnotatedVideoWriter:
         self._last_pts = -1
 
     def write(self, image: np.ndarray, time_s: float | None = None) -> None:
+        try:
+            self._encode(image, time_s)
+        except OSError as error:  # PyAV's errors are OSErrors: the disk is full or the file went away
+            raise OutputError(f"cannot write video {self.path}: {error.strerror or error}") from None
+
+    def _encode(self, image: np.ndarray, time_s: float | None) -> None:
         import av
 
         if image.shape[1::-1] != self.size:
@@ -356,9 +370,12 @@ class AnnotatedVideoWriter:
 
     def finish(self, audio_source: Path | None = None) -> Path:
         """Close the video, mux in ``audio_source``'s first audio stream, and rename into place."""
-        for packet in self._stream.encode(None):
-            self._container.mux(packet)
-        self._container.close()
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            self._container.close()
+        except OSError as error:
+            raise OutputError(f"cannot write video {self.path}: {error.strerror or error}") from None
         muxed = temporary_sibling(self.path, "mux")
         try:
             if audio_source is not None and mux_audio(self._video_only, Path(audio_source), muxed):

@@ -14,6 +14,7 @@ track's name is already decided on its first drawn frame.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -80,12 +81,17 @@ class AnnotateSettings:
     detector: Path = field(default_factory=default_detector)
     embedder: Path = field(default_factory=default_embedder)
 
-    def for_log(self, models: "Models") -> dict:
-        """The settings as run: thresholds left to the models are filled in with the models' values."""
+    def resolved(self, models: "Models") -> "AnnotateSettings":
+        """These settings with the thresholds left to the models filled in: the one place where a
+        run's ``det_conf`` and ``match_threshold`` are decided; every stage reads them from here."""
+        from dataclasses import replace
+
+        return replace(self, det_conf=float(models.detector.conf), match_threshold=models.threshold(self))
+
+    def for_log(self) -> dict:
+        """The settings as JSON values (call on :meth:`resolved` settings: the thresholds as run)."""
         values = asdict(self)
         values["detector"], values["embedder"] = str(self.detector), str(self.embedder)
-        values["det_conf"] = float(models.detector.conf)
-        values["match_threshold"] = models.threshold(self)
         return values
 
 
@@ -162,6 +168,11 @@ def check_output(path: Path, input_path: Path, overwrite: bool) -> None:
         raise OutputError(f"output folder is a file: {parent}")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"output folder is not writable: {parent}")
+    try:  # a real write: permissions say yes to root everywhere, read-only and special file systems say no
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as error:
+        raise OutputError(f"cannot write in {parent}: {error.strerror or error}") from None
 
 
 def resolve_outputs(input_path: Path, video_out: Path | None, log_out: Path | None, write_video: bool,
@@ -185,13 +196,15 @@ class FrameProcessor:
     tracks over.
     """
 
-    def __init__(self, models: Models, gallery, threshold: float, settings: AnnotateSettings,
+    def __init__(self, models: Models, gallery, settings: AnnotateSettings,
                  tracker_settings: TrackerSettings | None = None):
+        if settings.match_threshold is None or settings.det_conf is None:
+            settings = settings.resolved(models)
         self.models = models
         self.gallery = gallery
-        self.threshold = threshold
+        self.threshold = settings.match_threshold
         self.settings = settings
-        self.tracker = Tracker(gallery, threshold, tracker_settings)
+        self.tracker = Tracker(gallery, self.threshold, tracker_settings)
         self.cuts = ShotCutDetector()
         self.times = StageTimes()
         self._last_detected = -1
@@ -379,21 +392,26 @@ def annotate(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     gallery_path: Path | None = None,
+    manifest: tuple[Path, Callable[["AnnotateResult"], dict]] | None = None,
 ) -> AnnotateResult:
     """Annotate one video file; returns what was written. See :class:`AnnotateSettings`.
 
     gallery: a built :class:`vidface.gallery.Gallery` (or ``None``: everyone is unknown).
     progress: called as ``progress(frames_done, frames_expected)`` after each batch.
+    manifest: ``(path, make)``: a JSON document ``make(result)`` written with the
+        outputs and published last, after them (``vidface batch``'s done-file).
+    The outputs are written under hidden names and renamed into place together
+    at the end: a failure leaves the previous outputs, if any, untouched.
     """
     settings = settings or AnnotateSettings()
     input_path = Path(input_path)
     info = probe_video(input_path)
     video_out, log_out = resolve_outputs(input_path, video_out, log_out, settings.write_video, overwrite)
     models = models or Models.load(settings)
-    threshold = models.threshold(settings)
-    processor = FrameProcessor(models, gallery, threshold, settings)
+    settings = settings.resolved(models)
+    processor = FrameProcessor(models, gallery, settings)
     log = LogSink(TrackLog(info.as_log(), gallery_log_info(gallery, gallery_path or getattr(gallery, "folder", None)),
-                           settings.for_log(models)), processor.tracker)
+                           settings.for_log()), processor.tracker)
     sinks: list = [log]
     staged_video = staging_path(video_out) if video_out else None
     staged_log = staging_path(log_out)
@@ -414,18 +432,25 @@ def annotate(
             raise InputError(f"no frame could be decoded from {input_path}" + (f": {reader.error}" if reader.error else ""))
         document = log.document
         document["input"].update(frames_decoded=frames_done, truncated=reader.truncated)
+        result = AnnotateResult(
+            video_path=video_out, log_path=log_out, info=info, frames=frames_done,
+            seconds=time.perf_counter() - started, truncated=reader.truncated, warning=reader.error,
+            document=document, summary=summarize(document, 1.0 / info.fps if info.fps else 0.0),
+            times=processor.times,
+        )
+        staged = [(staged_video, video_out)] * bool(video_out) + [(staged_log, log_out)]
         try:
             write_json_atomic(document, staged_log)
-            publish_together([(staged_video, video_out)] * bool(video_out) + [(staged_log, log_out)])
+            if manifest is not None:
+                staged_manifest = staging_path(manifest[0])
+                write_json_atomic(manifest[1](result), staged_manifest)
+                staged.append((staged_manifest, manifest[0]))
+            publish_together(staged)
         except OSError as error:
             raise OutputError(f"cannot write the outputs of {input_path}: {error.strerror or error}") from None
     finally:
         reader.close()
-        for staged in (staged_video, staged_log):
-            if staged is not None:
-                staged.unlink(missing_ok=True)
-    return AnnotateResult(
-        video_path=video_out, log_path=log_out, info=info, frames=frames_done,
-        seconds=time.perf_counter() - started, truncated=reader.truncated, warning=reader.error,
-        document=document, summary=summarize(document, 1.0 / info.fps if info.fps else 0.0), times=processor.times,
-    )
+        for path in (staged_video, staged_log) + ((staging_path(manifest[0]),) if manifest else ()):
+            if path is not None:
+                path.unlink(missing_ok=True)
+    return result

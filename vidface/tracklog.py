@@ -89,22 +89,27 @@ class TrackLog:
 
 
 def summarize(document: dict[str, Any], frame_duration_s: float = 0.0) -> list[dict[str, Any]]:
-    """One row per person seen: tracks, first and last appearance, time on screen, mean similarity."""
+    """One row per person seen: tracks, first and last appearance, time on screen, and ``score``: the
+    track score the person was named by (over several tracks, their mean weighted by detections;
+    ``None`` without a gallery)."""
     rows: dict[str, dict[str, Any]] = {}
     for track in document["tracks"]:
         name = track["display_id"]
         row = rows.setdefault(name, {"identity": name, "known": track["identity"] is not None, "tracks": 0,
                                      "from_s": track["start_s"], "to_s": track["end_s"], "seconds": 0.0,
-                                     "similarities": []})
+                                     "weighted": 0.0, "weight": 0})
         row["tracks"] += 1
         row["from_s"] = min(row["from_s"], track["start_s"])
         row["to_s"] = max(row["to_s"], track["end_s"])
         row["seconds"] += track["end_s"] - track["start_s"] + frame_duration_s
-        row["similarities"] += [d["similarity"] for d in track["detections"] if d["similarity"] is not None]
+        if track["closest"] is not None:
+            weight = max(1, len(track["detections"]))
+            row["weighted"] += track["score"] * weight
+            row["weight"] += weight
     summary = []
     for row in rows.values():
-        similarities = row.pop("similarities")
-        row["mean_similarity"] = round(sum(similarities) / len(similarities), 4) if similarities else None
+        weighted, weight = row.pop("weighted"), row.pop("weight")
+        row["score"] = round(weighted / weight, 4) if weight else None
         row["seconds"] = round(row["seconds"], 3)
         summary.append(row)
     return sorted(summary, key=lambda r: (not r["known"], r["from_s"]))

@@ -125,17 +125,17 @@ def run_webcam(source: int | str, gallery, settings, models: Models | None = Non
         if path is not None:
             check_output(Path(path), Path(os.devnull), overwrite)
     models = models or Models.load(settings)
-    threshold = models.threshold(settings)
+    settings = settings.resolved(models)
     is_file = isinstance(source, str) and "://" not in source
     reader = VideoReader(Path(source) if is_file else source, latest_only=True,
                          backend="auto" if is_file else "cv2")
     fps = reader.info.fps if reader.info else 30.0
-    processor = FrameProcessor(models, gallery, threshold, settings)
+    processor = FrameProcessor(models, gallery, settings)
     width, height = (reader.info.width, reader.info.height) if reader.info else (None, None)
     info = {"path": str(source), "width": width, "height": height, "fps": round(fps, 4),
             "frames": None, "duration_s": None, "live": True}
     log_sink = LogSink(TrackLog(info, gallery_log_info(gallery, getattr(gallery, "folder", None)),
-                                settings.for_log(models)), processor.tracker)
+                                settings.for_log()), processor.tracker)
     live = LiveSink(processor, record, fps, display, codec=settings.codec)
     started = time.perf_counter()
 

@@ -11,13 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli_options import CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption, FlipOption
+from ..cli_options import (CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption, FlipOption,
+                           FrameSkipOption, MatchThresholdOption)
 from ..errors import GalleryError
 from ..files import write_json_atomic
 
-data_app = typer.Typer(no_args_is_help=True, help="Prepare training data sets.")
-train_app = typer.Typer(no_args_is_help=True, help="Train vidface's own models.")
-eval_app = typer.Typer(no_args_is_help=True, help="Measure models on public benchmarks.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Prepare training data sets.")
+train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Train vidface's own models.")
+eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Measure models on public benchmarks.")
 out = Console()
 err = Console(stderr=True)
 
@@ -327,8 +328,8 @@ def eval_videofaceid(
     embedder: Optional[Path] = EmbedderOption,
     device: str = DeviceOption,
     det_conf: Optional[float] = DetConfOption,
-    match_threshold: Optional[float] = typer.Option(None, "--match-threshold"),
-    frame_skip: int = typer.Option(0, "--frame-skip"),
+    match_threshold: Optional[float] = MatchThresholdOption,
+    frame_skip: int = FrameSkipOption,
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
     json_out: Optional[Path] = typer.Option(None, "--json"),
