@@ -85,3 +85,24 @@ def test_the_runtime_never_imports_the_research_package():
             "print(sorted(m for m in sys.modules if m.startswith('vidface.research')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_search_lists_the_gallery_people_most_like_a_photo(shipped_weights):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    samples = Path(__file__).resolve().parent.parent / "samples" / "gallery"
+    photo = samples / "Grace Hopper" / "02.jpg"
+    result = subprocess.run([sys.executable, "-m", "vidface", "search", str(photo), "--gallery", str(samples),
+                             "--top", "5", "--json", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    people = report["people"]
+    assert [p["person"] for p in people] == ["Grace Hopper", "Eileen Collins"], "two people, best first"
+    assert people[0]["similarity"] > 0.99 and Path(people[0]["best_photo"]).name == "02.jpg", "the photo itself"
+    assert people[0]["similarity"] > people[1]["similarity"]
+    table = subprocess.run([sys.executable, "-m", "vidface", "search", str(photo), "--gallery", str(samples),
+                            "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0 and "Grace Hopper" in table.stdout and "would be named" in table.stdout

@@ -281,6 +281,8 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
                 item.status, item.error = "failed", f"cannot read input: {error}"
                 return item
             outputs = [log_out] + ([video_out] if settings.write_video else [])
+            outputs += [log_out.with_suffix(".vtt"), log_out.with_suffix(".srt")] if settings.subtitles else []
+            outputs += [log_out.with_suffix(".html")] if settings.report else []
             previous = _read_json(done_file)
             if previous and previous.get("identity") == identity and all(p.exists() for p in outputs):
                 item.status, item.frames = "skipped", previous.get("frames", 0)

@@ -22,7 +22,8 @@ from rich.table import Table
 from . import __version__
 from .cli_options import (BatchSizeOption, CloseupsOption, CodecOption, DetConfOption, DetectorOption, DeviceOption,
                           EmbedderOption, FlipOption, FrameSkipOption, GalleryOption, ImgszOption, JsonOption,
-                          MatchThresholdOption, OverwriteOption, QuietOption)
+                          MatchThresholdOption, OverwriteOption, QuietOption, RedactOption, RedactStyleOption,
+                          ReportOption, SubtitlesOption, check_redaction)
 from .errors import InputError, UsageError, VidfaceError
 from .research.cli import data_app, eval_app, train_app
 
@@ -144,6 +145,10 @@ def annotate(
     no_video: bool = typer.Option(False, "--no-video", help="write only the JSON log"),
     landmarks: bool = typer.Option(False, "--landmarks", help="also draw the five landmarks"),
     codec: str = CodecOption,
+    redact: Optional[str] = RedactOption,
+    redact_style: str = RedactStyleOption,
+    subtitles: bool = SubtitlesOption,
+    report: bool = ReportOption,
     overwrite: bool = OverwriteOption,
     quiet: bool = QuietOption,
     as_json: bool = JsonOption,
@@ -159,12 +164,14 @@ def annotate(
 
     if codec not in CODECS:
         raise UsageError(f"--codec {codec!r}: choose from {', '.join(CODECS)}")
+    check_redaction(redact, redact_style)
     settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
-                         closeups=closeups, flip_embed=flip_embed, codec=codec,
+                         closeups=closeups, flip_embed=flip_embed, codec=codec, redact=redact,
+                         redact_style=redact_style, subtitles=subtitles, report=report,
                          match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
                          draw_landmarks=landmarks, detector=detector, embedder=embedder)
     info = probe_video(input)
-    resolve_outputs(input, output, log, settings.write_video, overwrite)  # fail before loading any model
+    paths = resolve_outputs(input, output, log, settings.write_video, overwrite, subtitles, report)  # before models
     if gallery is not None:
         list_gallery(gallery)
     models = Models.load(settings)
@@ -181,11 +188,12 @@ def annotate(
     if result.truncated:
         say(f"warning: {input} is truncated or damaged; annotated the {result.frames} frames that could be "
             f"decoded ({result.warning})", style="yellow")
+    extras = [str(p) for p in (*(paths.subtitles or ()), paths.report) if p is not None]
     if as_json:
         out.print_json(json.dumps({
             "input": str(input), "video": str(result.video_path) if result.video_path else None,
-            "log": str(result.log_path), "frames": result.frames, "seconds": round(result.seconds, 3),
-            "truncated": result.truncated, "people": result.summary}))
+            "log": str(result.log_path), "also": extras, "frames": result.frames,
+            "seconds": round(result.seconds, 3), "truncated": result.truncated, "people": result.summary}))
     if not quiet:
         print_summary(result.summary, f"{input.name}: {result.frames} frames in {result.seconds:.1f}s "
                                       f"({result.frames / max(result.seconds, 1e-9):.1f} frames/s)",
@@ -194,6 +202,8 @@ def annotate(
         if result.video_path:
             where.print(f"video: {result.video_path}", markup=False, highlight=False)
         where.print(f"log:   {result.log_path}", markup=False, highlight=False)
+        for extra in extras:
+            where.print(f"also:  {extra}", markup=False, highlight=False)
 
 
 @gallery_app.command("build")
@@ -307,6 +317,41 @@ def embed(
 
 
 @app.command()
+def search(
+    photo: Path = typer.Argument(..., metavar="PHOTO", help="photo: its largest face is looked up"),
+    gallery: Path = typer.Option(..., "--gallery", "-g", metavar="DIR", help="gallery folder to search"),
+    top: int = typer.Option(8, "--top", min=1, metavar="N", help="how many people to list"),
+    as_json: bool = JsonOption,
+    device: str = DeviceOption,
+    detector: Optional[Path] = DetectorOption,
+    embedder: Optional[Path] = EmbedderOption,
+) -> None:
+    """Who in the gallery looks most like the largest face in a photo (best-photo similarity, highest first)."""
+    from .gallery import list_gallery
+    from .photo import search_gallery
+    from .pipeline import Models
+
+    picture = _read_image(photo)
+    list_gallery(gallery)
+    settings = _settings(device=device, detector=detector, embedder=embedder)
+    models = Models.load(settings)
+    known = _load_gallery(gallery, models, quiet=as_json)
+    threshold = settings.resolved(models).match_threshold
+    rows = search_gallery(picture, models, known, top)
+    if as_json:
+        out.print_json(json.dumps({"photo": str(photo), "gallery": str(gallery), "match_threshold": threshold,
+                                   "people": rows}))
+        return
+    table = Table(title=f"{photo.name} in gallery {gallery} (named at {threshold:.3f} and above)")
+    for column in ("rank", "person", "similarity", "best photo", "would be named"):
+        table.add_column(column, justify="right" if column in ("rank", "similarity") else "left")
+    for rank, row in enumerate(rows, start=1):
+        table.add_row(str(rank), row["person"], f"{row['similarity']:.3f}", Path(row["best_photo"]).name,
+                      "yes" if row["similarity"] >= threshold else "no")
+    out.print(table)
+
+
+@app.command()
 def bench(
     input: Path = typer.Argument(..., metavar="VIDEO", help="video file"),
     gallery: Optional[Path] = GalleryOption,
@@ -364,6 +409,8 @@ def webcam(
     log: Optional[Path] = typer.Option(None, "--log", metavar="JSON", help="save a JSON track log"),
     no_display: bool = typer.Option(False, "--no-display", help="headless: record and/or log only"),
     seconds: Optional[float] = typer.Option(None, "--seconds", min=0.0, metavar="S", help="stop after this long"),
+    redact: Optional[str] = RedactOption,
+    redact_style: str = RedactStyleOption,
     codec: str = CodecOption,
     overwrite: bool = OverwriteOption,
     detector: Optional[Path] = DetectorOption,
@@ -373,10 +420,11 @@ def webcam(
     from .pipeline import Models
     from .webcam import parse_source, run_webcam
 
+    check_redaction(redact, redact_style)
     origin = parse_source(camera, source)
     settings = _settings(device=device, frame_skip=frame_skip, det_conf=det_conf, match_threshold=match_threshold,
                          imgsz=imgsz, closeups=closeups, flip_embed=flip_embed, codec=codec, detector=detector,
-                         embedder=embedder)
+                         embedder=embedder, redact=redact, redact_style=redact_style)
     models = Models.load(settings)
     known = _load_gallery(gallery, models)
     result = run_webcam(origin, known, settings, models, record, log, display=not no_display,
@@ -410,6 +458,10 @@ def batch(
     match_threshold: Optional[float] = MatchThresholdOption,
     frame_skip: int = FrameSkipOption,
     codec: str = CodecOption,
+    redact: Optional[str] = RedactOption,
+    redact_style: str = RedactStyleOption,
+    subtitles: bool = SubtitlesOption,
+    report: bool = ReportOption,
     quiet: bool = QuietOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
@@ -421,8 +473,10 @@ def batch(
     """
     from .batch import run_batch
 
+    check_redaction(redact, redact_style)
     settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
-                         closeups=closeups, flip_embed=flip_embed, codec=codec,
+                         closeups=closeups, flip_embed=flip_embed, codec=codec, redact=redact,
+                         redact_style=redact_style, subtitles=subtitles, report=report,
                          match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
                          detector=detector, embedder=embedder)
     display = _BatchDisplay(quiet=quiet or as_json)

@@ -63,3 +63,22 @@ JsonOption = typer.Option(False, "--json", help="print the result as JSON on std
 CodecOption = typer.Option("h264", "--codec", metavar="CODEC",
                            help="video encoder: h264 (plays everywhere), h264-nvenc (NVIDIA GPU) or mpeg4")
 GalleryOption = typer.Option(None, "--gallery", "-g", metavar="DIR", help="gallery folder (one sub-folder per person)")
+RedactOption = typer.Option(None, "--redact", metavar="WHO",
+                            help="cover faces in the video: 'unknown' (everyone not in the gallery) or 'all'; "
+                                 "the log still records them")
+RedactStyleOption = typer.Option("blur", "--redact-style", metavar="STYLE", help="blur or pixelate")
+SubtitlesOption = typer.Option(False, "--subtitles",
+                               help="also write WebVTT and SRT subtitles naming who is on screen (beside the log)")
+ReportOption = typer.Option(False, "--report", help="also write a one-file HTML report beside the log: a timeline, "
+                                                    "screen time and the best face of each person")
+
+
+def check_redaction(redact: str | None, style: str) -> None:
+    """Refuse a ``--redact`` or ``--redact-style`` value that means nothing (exit code 2)."""
+    from .draw import REDACT_STYLES
+    from .errors import UsageError
+
+    if redact not in (None, "unknown", "all"):
+        raise UsageError(f"--redact {redact!r}: choose unknown or all")
+    if style not in REDACT_STYLES:
+        raise UsageError(f"--redact-style {style!r}: choose {' or '.join(REDACT_STYLES)}")

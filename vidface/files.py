@@ -65,6 +65,11 @@ def write_json_atomic(document: Any, path: Path) -> Path:
     return write_atomically(path, write)
 
 
+def write_text_atomic(text: str, path: Path) -> Path:
+    """Write ``text`` (UTF-8), atomically."""
+    return write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+
+
 def staging_path(path: Path, tag: str = "staged") -> Path:
     """A hidden name beside ``path`` to write one output of a group under, before :func:`publish_together`."""
     path = Path(path)

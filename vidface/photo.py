@@ -51,6 +51,33 @@ def embed_image(image: np.ndarray, models) -> np.ndarray:
     return models.embedder([align_face(image, face.landmarks, face.box)])[0]
 
 
+def search_gallery(image: np.ndarray, models, gallery, top: int = 8) -> list[dict]:
+    """The ``top`` gallery people most like the largest face of ``image``: person, best-photo similarity, that photo."""
+    face = largest_face(models.detector([image], closeups=True)[0])
+    if face is None:
+        raise InputError("no face found in the photo")
+    vector = models.embedder([align_face(image, face.landmarks, face.box)])[0]
+    best, _ = gallery.person_similarity(vector[None])
+    usable = [p for p in gallery.photos if p.status == "ok"]
+    photo_scores = gallery.embeddings @ vector
+    rows = []
+    for person in np.argsort(-best[0])[:top]:
+        rows_of_person = np.flatnonzero(gallery.owners == person)
+        best_row = rows_of_person[np.argmax(photo_scores[rows_of_person])]
+        photo_path = _photo_of_row(gallery, usable, int(best_row))
+        rows.append({"person": gallery.names[person], "similarity": round(float(best[0, person]), 4),
+                     "best_photo": photo_path})
+    return rows
+
+
+def _photo_of_row(gallery, usable, row: int) -> str:
+    """The path of the photo behind embedding row ``row`` (rows are grouped by person, photos in folder order)."""
+    person = gallery.names[int(gallery.owners[row])]
+    index = row - int(np.flatnonzero(gallery.owners == gallery.owners[row])[0])
+    photos = [p for p in usable if p.person == person]
+    return str(photos[index].path) if index < len(photos) else ""
+
+
 def write_image_atomic(image: np.ndarray, path: Path) -> Path:
     def write(temporary: str) -> None:
         if not cv2.imwrite(temporary, image):

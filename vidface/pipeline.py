@@ -25,13 +25,14 @@ import numpy as np
 
 from .align import align_face
 from .device import resolve_device
-from .draw import draw_faces
+from .draw import draw_faces, redact_boxes
 from .errors import InputError, OutputError
 from .io import AnnotatedVideoWriter, VideoInfo, VideoReader, probe_video
 from .structures import Face, FrameResult
 from .track import ShotCutDetector, Tracker, TrackerSettings
-from .files import publish_together, staging_path, write_json_atomic
-from .tracklog import TrackLog, summarize
+from .files import publish_together, staging_path, write_json_atomic, write_text_atomic
+from .report import ThumbnailSink, report_html
+from .tracklog import TrackLog, srt, subtitle_cues, summarize, webvtt
 
 
 #: the checkout (or installed tree) holding ``vidface/`` and ``weights/``
@@ -78,6 +79,14 @@ class AnnotateSettings:
     draw_landmarks: bool = False
     #: video encoder, a key of :data:`vidface.io.CODECS`
     codec: str = "h264"
+    #: cover faces in the output video: ``None``, ``"unknown"`` (everyone not named) or ``"all"``
+    redact: str | None = None
+    #: how: ``"blur"`` or ``"pixelate"`` (:func:`vidface.draw.redact_boxes`)
+    redact_style: str = "blur"
+    #: also write WebVTT and SRT subtitles naming who is on screen (beside the log)
+    subtitles: bool = False
+    #: also write the one-file HTML report: timeline, screen time, best face per person (beside the log)
+    report: bool = False
     detector: Path = field(default_factory=default_detector)
     embedder: Path = field(default_factory=default_embedder)
 
@@ -175,16 +184,30 @@ def check_output(path: Path, input_path: Path, overwrite: bool) -> None:
         raise OutputError(f"cannot write in {parent}: {error.strerror or error}") from None
 
 
+@dataclass
+class OutputPaths:
+    """Where one input's outputs go (``None``: not written). Subtitles and the report sit beside the log."""
+
+    video: Path | None
+    log: Path
+    subtitles: tuple[Path, Path] | None = None
+    report: Path | None = None
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.video, self.log, *(self.subtitles or ()), self.report) if p is not None]
+
+
 def resolve_outputs(input_path: Path, video_out: Path | None, log_out: Path | None, write_video: bool,
-                    overwrite: bool) -> tuple[Path | None, Path]:
-    """The output paths of a run (defaults beside the input), checked before any work starts."""
+                    overwrite: bool, subtitles: bool = False, report: bool = False) -> OutputPaths:
+    """The output paths of a run (defaults beside the input), every one checked before any work starts."""
     default_video, default_log = default_outputs(Path(input_path))
     video_out = Path(video_out) if video_out else (default_video if write_video else None)
     log_out = Path(log_out) if log_out else default_log
-    for path in (video_out, log_out):
-        if path is not None:
-            check_output(path, input_path, overwrite)
-    return video_out, log_out
+    paths = OutputPaths(video_out, log_out, (log_out.with_suffix(".vtt"), log_out.with_suffix(".srt"))
+                        if subtitles else None, log_out.with_suffix(".html") if report else None)
+    for path in paths.all():
+        check_output(path, input_path, overwrite)
+    return paths
 
 
 class FrameProcessor:
@@ -264,12 +287,34 @@ class FrameProcessor:
         self.tracker.finish()
 
     def render(self, result: FrameResult) -> np.ndarray:
-        """Draw the confirmed faces of ``result`` with their track's identity as decided now."""
+        """Draw the confirmed faces of ``result`` with their track's identity as decided now (after
+        covering the faces ``settings.redact`` asks to hide)."""
         started = time.perf_counter()
+        image = result.frame.image
+        if self.settings.redact:
+            image = redact_boxes(image, self.boxes_to_redact(result), self.settings.redact_style)
         shown = [self.tracker.describe(face) for face in result.faces if self.tracker.confirmed(face.track_id)]
-        image = draw_faces(result.frame.image, shown, landmarks=self.settings.draw_landmarks)
+        image = draw_faces(image, shown, landmarks=self.settings.draw_landmarks)
         self.times.track_draw += time.perf_counter() - started
         return image
+
+    def boxes_to_redact(self, result: FrameResult) -> list[np.ndarray]:
+        """Boxes to cover on ``result``'s frame: its faces, and the faces of tracks the detector missed here
+        but saw before and after (interpolated), whose track is unnamed (or all, with ``redact="all"``)."""
+        everyone = self.settings.redact == "all"
+
+        def hidden(track_id: int) -> bool:
+            track = self.tracker.tracks.get(track_id)
+            return everyone or track is None or track.label is None
+
+        boxes = [face.detection.box for face in result.faces if hidden(face.track_id)]
+        present = {face.track_id for face in result.faces}
+        for track in self.tracker.seen_around(result.frame.index):
+            if track.track_id not in present and hidden(track.track_id):
+                box = track.box_between_detections(result.frame.index)
+                if box is not None:
+                    boxes.append(box)
+        return boxes
 
 
 class Sink(Protocol):
@@ -378,6 +423,27 @@ def run_frames(frames: Iterable, processor: FrameProcessor, sinks: list, batch_s
     return done
 
 
+def companion_documents(paths: OutputPaths, document: dict, thumbnails, info: VideoInfo) -> dict[Path, str]:
+    """The text outputs made from the finished log: subtitles and the HTML report, by path."""
+    texts: dict[Path, str] = {}
+    frame_duration = 1.0 / info.fps if info.fps else 0.0
+    if paths.subtitles:
+        cues = subtitle_cues(document, frame_duration)
+        texts[paths.subtitles[0]], texts[paths.subtitles[1]] = webvtt(cues), srt(cues)
+    if paths.report:
+        texts[paths.report] = report_html(document, thumbnails.jpegs() if thumbnails else {}, Path(info.path).name)
+    return texts
+
+
+def lookahead_frames(settings: AnnotateSettings) -> int:
+    """Frames that wait before drawing: a new track's name settles first; with redaction, also long enough
+    to see a face again after the detector missed it (its box is interpolated over the gap)."""
+    frames = max(8, 2 * (settings.frame_skip + 1))
+    if settings.redact:
+        frames = max(frames, 4 * (settings.frame_skip + 1))
+    return min(64, frames)
+
+
 def gallery_log_info(gallery, path: Path | None) -> dict:
     return {"path": str(path) if path else None, "identities": list(gallery.names) if gallery is not None else []}
 
@@ -406,13 +472,16 @@ def annotate(
     settings = settings or AnnotateSettings()
     input_path = Path(input_path)
     info = probe_video(input_path)
-    video_out, log_out = resolve_outputs(input_path, video_out, log_out, settings.write_video, overwrite)
+    paths = resolve_outputs(input_path, video_out, log_out, settings.write_video, overwrite, settings.subtitles,
+                            settings.report)
+    video_out, log_out = paths.video, paths.log
     models = models or Models.load(settings)
     settings = settings.resolved(models)
     processor = FrameProcessor(models, gallery, settings)
     log = LogSink(TrackLog(info.as_log(), gallery_log_info(gallery, gallery_path or getattr(gallery, "folder", None)),
                            settings.for_log()), processor.tracker)
-    sinks: list = [log]
+    thumbnails = ThumbnailSink() if settings.report else None
+    sinks: list = [log] + ([thumbnails] if thumbnails else [])
     staged_video = staging_path(video_out) if video_out else None
     staged_log = staging_path(log_out)
     if video_out:
@@ -426,8 +495,8 @@ def annotate(
 
     reader = VideoReader(input_path, queue_size=max(16, 2 * settings.batch_size))
     try:
-        frames_done = run_frames(reader, processor, sinks, settings.batch_size,
-                                 lookahead=min(64, max(8, 2 * (settings.frame_skip + 1))), on_batch=on_batch)
+        frames_done = run_frames(reader, processor, sinks, settings.batch_size, lookahead=lookahead_frames(settings),
+                                 on_batch=on_batch)
         if frames_done == 0:
             raise InputError(f"no frame could be decoded from {input_path}" + (f": {reader.error}" if reader.error else ""))
         document = log.document
@@ -439,7 +508,11 @@ def annotate(
             times=processor.times,
         )
         staged = [(staged_video, video_out)] * bool(video_out) + [(staged_log, log_out)]
+        companions = companion_documents(paths, document, thumbnails, info)
         try:
+            for final, text in companions.items():
+                write_text_atomic(text, staging_path(final))
+                staged.append((staging_path(final), final))
             write_json_atomic(document, staged_log)
             if manifest is not None:
                 staged_manifest = staging_path(manifest[0])
@@ -450,7 +523,8 @@ def annotate(
             raise OutputError(f"cannot write the outputs of {input_path}: {error.strerror or error}") from None
     finally:
         reader.close()
-        for path in (staged_video, staged_log) + ((staging_path(manifest[0]),) if manifest else ()):
+        leftovers = [staged_video, staged_log, *(staging_path(p) for p in paths.all())]
+        for path in leftovers + ([staging_path(manifest[0])] if manifest else []):
             if path is not None:
                 path.unlink(missing_ok=True)
     return result

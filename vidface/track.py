@@ -30,6 +30,12 @@ from .structures import box_iou
 from .structures import Detection, Face
 
 
+#: detections a track remembers for redaction's interpolation
+HISTORY_LENGTH = 64
+#: how far back (frames) :meth:`Tracker.seen_around` looks: beyond any look-ahead of drawing
+RECENT_FRAMES = 256
+
+
 @dataclass
 class TrackerSettings:
     """Association and life-cycle rules.
@@ -85,6 +91,21 @@ class Track:
     label_similarity: float = 0.0
     closest: str | None = None
     unknown_id: str | None = None
+    #: the last detections ``(frame, box)``, oldest first (bounded): what redaction interpolates between
+    history: list[tuple[int, np.ndarray]] = field(default_factory=list)
+
+    def box_between_detections(self, frame_index: int) -> np.ndarray | None:
+        """The box at ``frame_index`` interpolated between the detections before and after it, if both exist."""
+        before = after = None
+        for frame, box in self.history:
+            if frame <= frame_index:
+                before = (frame, box)
+            elif after is None:
+                after = (frame, box)
+        if before is None or after is None:
+            return before[1] if before is not None and before[0] == frame_index else None
+        weight = (frame_index - before[0]) / (after[0] - before[0])
+        return (1 - weight) * before[1] + weight * after[1]
 
     def predicted_box(self, frame_index: int) -> np.ndarray:
         return self.box + self.velocity * (frame_index - self.last_frame)
@@ -116,6 +137,7 @@ class Tracker:
         self.tracks: dict[int, Track] = {}
         self.live: list[int] = []
         self.passes = 0
+        self._recent: dict[int, Track] = {}
         self._next_id = 1
         self._unknown_centroids: dict[str, np.ndarray | None] = {}
 
@@ -141,7 +163,13 @@ class Tracker:
             if track.hits >= self.settings.min_hits:
                 track.confirmed = True
             self._decide_identity(track)
+            self._recent[track.track_id] = track
+        self._recent = {i: t for i, t in self._recent.items() if t.last_frame >= frame_index - RECENT_FRAMES}
         return faces
+
+    def seen_around(self, frame_index: int) -> list[Track]:
+        """Tracks detected both before and after ``frame_index`` (within the last frames processed)."""
+        return [t for t in self._recent.values() if t.history and t.history[0][0] < frame_index < t.last_frame]
 
     def cut(self) -> None:
         """A shot ended: close every live track (those seen in the shot's last pass count as confirmed)."""
@@ -191,6 +219,7 @@ class Tracker:
                       frame_index, last_pass=self.passes)
         self._next_id += 1
         self._add_evidence(track, face)
+        track.history.append((frame_index, detection.box.copy()))
         self.tracks[track.track_id] = track
         self.live.append(track.track_id)
         face.track_id = track.track_id
@@ -207,6 +236,7 @@ class Tracker:
         track.last_pass = self.passes
         track.hits += 1
         self._add_evidence(track, face)
+        track.history = track.history[-HISTORY_LENGTH + 1:] + [(frame_index, detection.box.copy())]
         face.track_id = track.track_id
 
     @staticmethod

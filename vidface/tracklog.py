@@ -113,3 +113,66 @@ def summarize(document: dict[str, Any], frame_duration_s: float = 0.0) -> list[d
         row["seconds"] = round(row["seconds"], 3)
         summary.append(row)
     return sorted(summary, key=lambda r: (not r["known"], r["from_s"]))
+
+
+def appearances(document: dict[str, Any], frame_duration_s: float = 0.0) -> dict[str, list[tuple[float, float]]]:
+    """``{display_id: [(start_s, end_s), ...]}``: when each person is on screen, overlapping spans merged."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for track in document["tracks"]:
+        # milliseconds: what subtitles can say, and a track that ends as the next begins then touches it
+        span = (round(track["start_s"], 3), round(track["end_s"] + frame_duration_s, 3))
+        spans.setdefault(track["display_id"], []).append(span)
+    merged = {}
+    for name, intervals in spans.items():
+        out: list[tuple[float, float]] = []
+        for start, end in sorted(intervals):
+            if out and start <= out[-1][1] + 1e-6:
+                out[-1] = (out[-1][0], max(out[-1][1], end))
+            else:
+                out.append((start, end))
+        merged[name] = out
+    return merged
+
+
+def subtitle_cues(document: dict[str, Any], frame_duration_s: float = 0.0) -> list[tuple[float, float, list[str]]]:
+    """``(start_s, end_s, names)`` cues: who is on screen in each span; a cue changes when someone comes or goes.
+
+    Named people come first (in order of appearance), then unknown ones.
+    """
+    spans = appearances(document, frame_duration_s)
+    known = {t["display_id"] for t in document["tracks"] if t["identity"] is not None}
+    first_seen = {name: intervals[0][0] for name, intervals in spans.items()}
+    order = sorted(spans, key=lambda name: (name not in known, first_seen[name], name))
+    edges = sorted({edge for intervals in spans.values() for span in intervals for edge in span})
+    cues: list[tuple[float, float, list[str]]] = []
+    for start, end in zip(edges, edges[1:]):
+        middle = (start + end) / 2
+        names = [name for name in order if any(a <= middle < b for a, b in spans[name])]
+        if not names:
+            continue
+        if cues and cues[-1][2] == names and abs(cues[-1][1] - start) < 1e-6:
+            cues[-1] = (cues[-1][0], end, names)
+        else:
+            cues.append((start, end, names))
+    return cues
+
+
+def _timestamp(seconds: float, decimal: str) -> str:
+    milliseconds = int(round(seconds * 1000))
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}{decimal}{rest % 1000:03d}"
+
+
+def webvtt(cues: list[tuple[float, float, list[str]]]) -> str:
+    """WebVTT text of the cues (browsers and players show it over the video)."""
+    blocks = ["WEBVTT\n"]
+    for number, (start, end, names) in enumerate(cues, start=1):
+        blocks.append(f"{number}\n{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{', '.join(names)}\n")
+    return "\n".join(blocks)
+
+
+def srt(cues: list[tuple[float, float, list[str]]]) -> str:
+    """SubRip text of the cues."""
+    return "\n".join(f"{number}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{', '.join(names)}\n"
+                     for number, (start, end, names) in enumerate(cues, start=1))
