@@ -151,3 +151,12 @@ def test_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
     with pytest.raises(BusyError):
         OutDirLock(tmp_path).acquire()
     live.release()
+
+
+def test_ray_flag_without_ray_says_how_to_install(monkeypatch, tmp_path):
+    from vidface.errors import UsageError
+    from vidface.ray_batch import require_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(UsageError, match=r"pip install 'vidface\[ray\]'"):
+        require_ray()

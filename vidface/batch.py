@@ -233,18 +233,49 @@ class BatchResult:
         return counts
 
 
+@dataclass
+class Job:
+    """One file to annotate and where everything goes: plain data, so a Ray worker can take it."""
+
+    source: Path
+    video_out: Path | None
+    log_out: Path
+    done_file: Path
+    identity: dict
+    outputs: list[Path]
+
+
+def annotate_job(job: Job, gallery, gallery_folder: Path | None, settings, models, on_frames=None) -> dict:
+    """Annotate ``job``'s file into its outputs, the manifest published with them; raises :class:`VidfaceError`."""
+    from .pipeline import annotate
+
+    def manifest(result) -> dict:
+        people = [row["identity"] for row in result.summary]
+        return {"identity": job.identity, "frames": result.frames, "people": people,
+                "outputs": [str(p) for p in job.outputs], "finished": time.time()}
+
+    job.log_out.parent.mkdir(parents=True, exist_ok=True)
+    result = annotate(job.source, gallery, job.video_out, job.log_out, settings, models, overwrite=True,
+                      gallery_path=gallery_folder, progress=on_frames, manifest=(job.done_file, manifest))
+    return {"frames": result.frames, "people": [row["identity"] for row in result.summary],
+            "truncated": result.truncated, "warning": result.warning}
+
+
 def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, settings, pattern: str = "*",
               recursive: bool = False, jobs: int = 1, retry_failed: bool = False, models=None,
-              on_item=None, on_start=None, on_frames=None, accept_known_failures: bool = False) -> BatchResult:
+              on_item=None, on_start=None, on_frames=None, accept_known_failures: bool = False,
+              ray_address: str | None = None) -> BatchResult:
     """Annotate every input into ``out_dir``; see the module docstring for the guarantees.
 
     on_start(items): called once with every item, before the first file;
     on_frames(item, done, total): frame progress of a file; on_item(item):
-    each file's outcome as it is known.
+    each file's outcome as it is known. ray_address: run the files as Ray
+    tasks (``"local"`` starts Ray on this machine; else a cluster address,
+    or ``"auto"``); manifests, lock and reruns work as without it.
     """
     from .embed import file_fingerprint
     from .gallery import build_gallery
-    from .pipeline import Models, annotate
+    from .pipeline import Models
 
     out_dir = Path(out_dir)
     items, missing = collect_inputs(inputs, pattern, recursive)
@@ -252,6 +283,10 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
         raise InputError("no input videos found" + (f" matching {pattern!r}" if pattern != "*" else ""))
     if not items:
         raise InputError(f"no input found: {', '.join(str(m.source) for m in missing)}")
+    if ray_address is not None:
+        from .ray_batch import require_ray
+
+        require_ray()
     if on_start:
         on_start(items)
     with OutDirLock(out_dir):
@@ -262,24 +297,21 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
             "gallery": gallery_identity(gallery),
             "detector": file_fingerprint(models.detector.weights_path),
             "embedder": models.embedder.fingerprint,
-            "settings": {k: v for k, v in settings.resolved(models).for_log().items() if k not in ("detector", "embedder", "device")},
+            "settings": {k: v for k, v in settings.resolved(models).for_log().items()
+                         if k not in ("detector", "embedder", "device")},
         }
-        if jobs > 1:
-            lock = threading.Lock()
-            models = Models(_Serialised(models.detector, lock), _Serialised(models.embedder, lock), models.device)
 
-        def process(item: BatchItem) -> BatchItem:
-            started = time.perf_counter()
+        def plan(item: BatchItem) -> Job | None:
+            """The job for ``item``, or ``None`` when it is done already or failed before (status set)."""
             video_out = (out_dir / item.relative).with_suffix("")
             video_out = video_out.with_name(video_out.name + ".vidface.mp4")
             log_out = video_out.with_suffix(".json")
             done_file = video_out.with_name(video_out.name.replace(".vidface.mp4", ".vidface.done.json"))
-            failed_file = done_file.with_name(done_file.name.replace(".done.json", ".failed.json"))
             try:
                 identity = {"input": input_identity(item.source), **recipe}
             except OSError as error:
                 item.status, item.error = "failed", f"cannot read input: {error}"
-                return item
+                return None
             outputs = [log_out] + ([video_out] if settings.write_video else [])
             outputs += [log_out.with_suffix(".vtt"), log_out.with_suffix(".srt")] if settings.subtitles else []
             outputs += [log_out.with_suffix(".html")] if settings.report else []
@@ -287,56 +319,67 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
             if previous and previous.get("identity") == identity and all(p.exists() for p in outputs):
                 item.status, item.frames = "skipped", previous.get("frames", 0)
                 item.people = previous.get("people", [])
-                return item
-            failed_before = _read_json(failed_file)
+                return None
+            failed_before = _read_json(_failed_file(done_file))
             if failed_before and failed_before.get("identity") == identity and not retry_failed:
                 item.status, item.known_failure = "failed", True
                 item.error = f"failed in an earlier run, input unchanged: {failed_before.get('error')}"
-                return item
-            video_out.parent.mkdir(parents=True, exist_ok=True)
+                return None
+            return Job(item.source, video_out if settings.write_video else None, log_out, done_file, identity,
+                       outputs)
 
-            def manifest(result) -> dict:
-                people = [row["identity"] for row in result.summary]
-                return {"identity": identity, "frames": result.frames, "people": people,
-                        "outputs": [str(p) for p in outputs], "finished": time.time()}
-
-            def progress(done: int, total: int) -> None:
-                if on_frames:
-                    on_frames(item, done, total)
-
-            try:
-                result = annotate(item.source, gallery, video_out if settings.write_video else None, log_out,
-                                  settings, models, overwrite=True, gallery_path=gallery_folder, progress=progress,
-                                  manifest=(done_file, manifest))
-            except VidfaceError as error:
-                item.status, item.error = "failed", str(error)
-                write_json_atomic({"identity": identity, "error": str(error)}, failed_file)
-                return item
-            item.status, item.frames = "ok", result.frames
-            item.people = [row["identity"] for row in result.summary]
-            if result.truncated:
-                item.error = f"truncated: {result.warning}"
-            item.seconds = time.perf_counter() - started
-            failed_file.unlink(missing_ok=True)
+        def record(item: BatchItem, job: Job, outcome: dict) -> BatchItem:
+            """Note what became of ``job``: a file's own failure is remembered, a lost worker's is not."""
+            if "error" in outcome:
+                item.status, item.error = "failed", outcome["error"]
+                if not outcome.get("infrastructure"):
+                    write_json_atomic({"identity": job.identity, "error": outcome["error"]}, _failed_file(job.done_file))
+            else:
+                item.status, item.frames, item.people = "ok", outcome["frames"], outcome["people"]
+                if outcome["truncated"]:
+                    item.error = f"truncated: {outcome['warning']}"
+                _failed_file(job.done_file).unlink(missing_ok=True)
+            if on_item:
+                on_item(item)
             return item
 
-        def tracked(item: BatchItem) -> BatchItem:
-            started = time.perf_counter()
-            result = process(item)
-            result.seconds = result.seconds or time.perf_counter() - started
-            if on_item:
-                on_item(result)
-            return result
+        planned = [(item, plan(item)) for item in items]
+        for item, job in planned:
+            if job is None and on_item:
+                on_item(item)
+        pending = [(item, job) for item, job in planned if job is not None]
+        if ray_address is not None and pending:
+            from .ray_batch import run_on_ray
 
-        if jobs > 1:
-            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vidface-batch") as pool:
-                finished = list(pool.map(tracked, items))
+            run_on_ray(pending, gallery, gallery_folder, settings, ray_address, jobs, record)
         else:
-            finished = [tracked(item) for item in items]
+            local_models = models
+            if jobs > 1:
+                lock = threading.Lock()
+                local_models = Models(_Serialised(models.detector, lock), _Serialised(models.embedder, lock),
+                                      models.device)
+
+            def run_locally(pair: tuple[BatchItem, Job]) -> BatchItem:
+                item, job = pair
+                started = time.perf_counter()
+                frames = (lambda done, total: on_frames(item, done, total)) if on_frames else None
+                try:
+                    outcome = annotate_job(job, gallery, gallery_folder, settings, local_models, frames)
+                except VidfaceError as error:
+                    outcome = {"error": str(error)}
+                item.seconds = time.perf_counter() - started
+                return record(item, job, outcome)
+
+            if jobs > 1:
+                with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vidface-batch") as pool:
+                    list(pool.map(run_locally, pending))
+            else:
+                for pair in pending:
+                    run_locally(pair)
         for item in missing:
             if on_item:
                 on_item(item)
-        all_items = finished + missing
+        all_items = items + missing
         summary = {
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "out_dir": str(out_dir),
@@ -355,6 +398,10 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
         with open(out_dir / HISTORY_NAME, "a") as stream:
             stream.write(json.dumps(history) + "\n")
         return result
+
+
+def _failed_file(done_file: Path) -> Path:
+    return done_file.with_name(done_file.name.replace(".done.json", ".failed.json"))
 
 
 def _read_json(path: Path) -> dict | None:

@@ -448,6 +448,9 @@ def batch(
     accept_known_failures: bool = typer.Option(
         False, "--accept-known-failures",
         help="exit 0 when the only failures are files that failed before and did not change"),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS",
+                                      help="run the files as Ray tasks: 'local' starts Ray here, 'auto' or "
+                                           "ray://HOST:PORT joins a cluster (pip install 'vidface[ray]')"),
     as_json: bool = JsonOption,
     device: str = DeviceOption,
     batch_size: int = BatchSizeOption,
@@ -483,7 +486,7 @@ def batch(
     try:
         result = run_batch(inputs, out_dir, gallery, settings, pattern, recursive, jobs, retry_failed,
                            on_item=display.item, on_start=display.start, on_frames=display.frames,
-                           accept_known_failures=accept_known_failures)
+                           accept_known_failures=accept_known_failures, ray_address=ray)
     finally:
         display.stop()
     if as_json:
