@@ -79,6 +79,9 @@ def test_score_clip_counts_found_named_and_rejected():
     assert counts["named_wrong"] == 1  # frame 2: Bob for Ann
     assert counts["unknown_found"] == 1 and counts["unknown_rejected"] == 1
     assert counts["false_names"] == 1  # Bob named where nobody is annotated
+    assert counts["boxes_without_truth"] == 1
+    more = log_with([("Ann", [(0, [5, 5, 105, 105])]), (None, [(7, [0, 0, 40, 40]), (0, [400, 0, 450, 50])])])
+    assert score_clip(truth, more)["boxes_without_truth"] == 2, "a box beside the truth, a box in an empty frame"
 
 
 def test_a_named_stranger_is_a_wrong_name_and_not_rejected():

@@ -345,12 +345,14 @@ def eval_videofaceid(
                                 write_video=False, **values)
     report = evaluate_clips(settings)
     table = Table(title="videofaceid: truth boxes found (IoU >= 0.3), named right or wrong, unknowns rejected")
-    for column in ("clip", "truth boxes", "found", "named right", "named wrong", "unknown rejected"):
+    for column in ("clip", "truth boxes", "found", "named right", "named wrong", "unknown rejected",
+                   "names without truth", "boxes without truth"):
         table.add_column(column)
     for row in report["clips"] + [report["total"]]:
         table.add_row(row["clip"], str(row["truth_boxes"]), f"{row['found']:.3f}", f"{row['named_right']:.3f}",
                       f"{row['named_wrong']:.3f}",
-                      "-" if row["unknown_rejected"] is None else f"{row['unknown_rejected']:.3f}")
+                      "-" if row["unknown_rejected"] is None else f"{row['unknown_rejected']:.3f}",
+                      str(row["false_names"]), str(row["boxes_without_truth"]))
     out.print(table)
     if json_out:
         write_json_atomic(report, json_out)

@@ -6,7 +6,9 @@ name, or no name for ``Unknown``) or a wrong one (someone else's name: worse
 than ``unknown``), and of the found unknown faces, how many
 were correctly left unnamed. Only one unknown face per frame is annotated,
 so extra unnamed faces are not errors; a face we *named* where the truth
-has nobody is counted as a false name.
+has nobody is counted as a false name, and every box of ours that matches
+no truth box (a hand, an ear, or a background face nobody annotated) as a
+box without truth.
 """
 
 from __future__ import annotations
@@ -41,11 +43,14 @@ def score_clip(truth: dict[int, list], document: dict) -> dict:
         for detection in track["detections"]:
             ours.setdefault(detection["frame"], []).append((track["identity"], np.array(detection["box"], np.float32)))
     counts = {"truth_boxes": 0, "found": 0, "named_right": 0, "named_wrong": 0, "unknown_found": 0,
-              "unknown_rejected": 0, "false_names": 0}
-    for frame, faces in truth.items():
-        predicted = ours.get(frame, [])
+              "unknown_rejected": 0, "false_names": 0, "boxes_without_truth": 0}
+    for frame in sorted(set(truth) | set(ours)):
+        faces, predicted = truth.get(frame, []), ours.get(frame, [])
         counts["truth_boxes"] += len(faces)
         if not predicted:
+            continue
+        if not faces:
+            counts["boxes_without_truth"] += len(predicted)
             continue
         iou = box_iou(np.stack([b for _, b in faces]), np.stack([b for _, b in predicted]))
         used_truth, used_ours = set(), set()
@@ -67,6 +72,7 @@ def score_clip(truth: dict[int, list], document: dict) -> dict:
             else:
                 counts["named_right"] += our_name == truth_name
         counts["false_names"] += sum(1 for p, (name, _) in enumerate(predicted) if p not in used_ours and name)
+        counts["boxes_without_truth"] += len(predicted) - len(used_ours)
     return counts
 
 
