@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .cli_options import (BatchSizeOption, CloseupsOption, CodecOption, DetConfOption, DetectorOption, DeviceOption,
+from .cli_options import (BackendOption, BatchSizeOption, CloseupsOption, CodecOption, DetConfOption, DetectorOption, DeviceOption,
                           EmbedderOption, FlipOption, FrameSkipOption, GalleryOption, ImgszOption, JsonOption,
                           MatchThresholdOption, OverwriteOption, QuietOption, RedactOption, RedactStyleOption,
                           ReportOption, SubtitlesOption, check_redaction)
@@ -135,6 +135,7 @@ def annotate(
     log: Optional[Path] = typer.Option(None, "--log", metavar="JSON",
                                        help="JSON track log  [default: VIDEO.vidface.json beside the input]"),
     device: str = DeviceOption,
+    backend: str = BackendOption,
     batch_size: int = BatchSizeOption,
     imgsz: int = ImgszOption,
     closeups: bool = CloseupsOption,
@@ -165,7 +166,7 @@ def annotate(
     if codec not in CODECS:
         raise UsageError(f"--codec {codec!r}: choose from {', '.join(CODECS)}")
     check_redaction(redact, redact_style)
-    settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
+    settings = _settings(device=device, backend=backend, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
                          closeups=closeups, flip_embed=flip_embed, codec=codec, redact=redact,
                          redact_style=redact_style, subtitles=subtitles, report=report,
                          match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
@@ -356,6 +357,7 @@ def bench(
     input: Path = typer.Argument(..., metavar="VIDEO", help="video file"),
     gallery: Optional[Path] = GalleryOption,
     device: str = DeviceOption,
+    backend: str = BackendOption,
     batch_size: int = BatchSizeOption,
     imgsz: int = ImgszOption,
     closeups: bool = CloseupsOption,
@@ -371,7 +373,7 @@ def bench(
     from .io import probe_video
 
     probe_video(input)
-    settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, frame_skip=frame_skip,
+    settings = _settings(device=device, backend=backend, batch_size=batch_size, imgsz=imgsz, frame_skip=frame_skip,
                          closeups=closeups, flip_embed=flip_embed, codec=codec, detector=detector, embedder=embedder)
     report = run_bench(input, gallery, settings)
     if as_json:
@@ -403,6 +405,7 @@ def webcam(
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
     device: str = DeviceOption,
+    backend: str = BackendOption,
     record: Optional[Path] = typer.Option(None, "--record", metavar="VIDEO",
                                           help="save the annotated session (real timestamps: it lasts as long as "
                                                "the session)"),
@@ -422,8 +425,8 @@ def webcam(
 
     check_redaction(redact, redact_style)
     origin = parse_source(camera, source)
-    settings = _settings(device=device, frame_skip=frame_skip, det_conf=det_conf, match_threshold=match_threshold,
-                         imgsz=imgsz, closeups=closeups, flip_embed=flip_embed, codec=codec, detector=detector,
+    settings = _settings(device=device, backend=backend, frame_skip=frame_skip, det_conf=det_conf,
+                         match_threshold=match_threshold, imgsz=imgsz, closeups=closeups, flip_embed=flip_embed, codec=codec, detector=detector,
                          embedder=embedder, redact=redact, redact_style=redact_style)
     models = Models.load(settings)
     known = _load_gallery(gallery, models)
@@ -453,6 +456,7 @@ def batch(
                                            "ray://HOST:PORT joins a cluster (pip install 'vidface[ray]')"),
     as_json: bool = JsonOption,
     device: str = DeviceOption,
+    backend: str = BackendOption,
     batch_size: int = BatchSizeOption,
     imgsz: int = ImgszOption,
     closeups: bool = CloseupsOption,
@@ -477,7 +481,7 @@ def batch(
     from .batch import run_batch
 
     check_redaction(redact, redact_style)
-    settings = _settings(device=device, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
+    settings = _settings(device=device, backend=backend, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
                          closeups=closeups, flip_embed=flip_embed, codec=codec, redact=redact,
                          redact_style=redact_style, subtitles=subtitles, report=report,
                          match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,

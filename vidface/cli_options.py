@@ -82,3 +82,6 @@ def check_redaction(redact: str | None, style: str) -> None:
         raise UsageError(f"--redact {redact!r}: choose unknown or all")
     if style not in REDACT_STYLES:
         raise UsageError(f"--redact-style {style!r}: choose {' or '.join(REDACT_STYLES)}")
+BackendOption = typer.Option("torch", "--backend", metavar="ENGINE",
+                             help="inference engine: torch, onnx (ONNX Runtime, CPU only) or auto (ONNX Runtime on "
+                                  "the CPU when installed)")

@@ -92,7 +92,7 @@ class FaceDetector:
 
     def __init__(self, weights: Path, device: torch.device | str = "cpu", imgsz: int = 640,
                  conf: float | None = None, iou: float = 0.45, max_det: int = 300, half: bool | None = None,
-                 closeups: bool = False):
+                 closeups: bool = False, backend: str = "torch"):
         model, self.metadata = load_pose_model(Path(weights))
         if conf is None:
             conf = float(self.metadata.get("det_conf", DEFAULT_CONF))
@@ -100,6 +100,17 @@ class FaceDetector:
         self.half = (self.device.type == "cuda") if half is None else half
         model = model.fuse().eval().to(self.device)
         self.model = model.half() if self.half else model.float()
+        self.backend = backend
+        self._onnx = None
+        if backend == "onnx":
+            from .embed import file_fingerprint
+            from .onnx_runtime import FirstOutput, OnnxRunner, cached_graph
+
+            if self.device.type != "cpu":
+                raise ModelError("--backend onnx runs on the CPU; use --device cpu (or --backend torch on a GPU)")
+            graph = cached_graph(FirstOutput(self.model), torch.zeros(1, 3, 320, 320),
+                                 f"detector:{file_fingerprint(Path(weights))}", {0: "batch", 2: "height", 3: "width"})
+            self._onnx = OnnxRunner(graph)
         self.imgsz = int(math.ceil(imgsz / STRIDE) * STRIDE)
         self.conf, self.iou, self.max_det = conf, iou, max_det
         self.closeups = closeups
@@ -150,7 +161,7 @@ class FaceDetector:
         from ultralytics.utils.nms import non_max_suppression
 
         tensor, scales, offsets = self._letterbox(images, imgsz, fill)
-        prediction = self.model(tensor)
+        prediction = self.model(tensor) if self._onnx is None else torch.from_numpy(self._onnx(tensor.numpy()))
         prediction = prediction[0] if isinstance(prediction, (list, tuple)) else prediction
         kept = non_max_suppression(prediction.float(), self.conf, self.iou, nc=1, max_det=self.max_det)
         results = []

@@ -26,7 +26,7 @@ import numpy as np
 from .align import align_face
 from .device import resolve_device
 from .draw import draw_faces, redact_boxes
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, UsageError
 from .io import AnnotatedVideoWriter, VideoInfo, VideoReader, probe_video
 from .structures import Face, FrameResult
 from .track import ShotCutDetector, Tracker, TrackerSettings
@@ -79,6 +79,9 @@ class AnnotateSettings:
     draw_landmarks: bool = False
     #: video encoder, a key of :data:`vidface.io.CODECS`
     codec: str = "h264"
+    #: inference engine: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU only), or ``"auto"``: ONNX Runtime on
+    #: the CPU when it is installed, PyTorch otherwise (and always on a GPU)
+    backend: str = "torch"
     #: cover faces in the output video: ``None``, ``"unknown"`` (everyone not named) or ``"all"``
     redact: str | None = None
     #: how: ``"blur"`` or ``"pixelate"`` (:func:`vidface.draw.redact_boxes`)
@@ -104,6 +107,19 @@ class AnnotateSettings:
         return values
 
 
+def resolve_backend(name: str, device) -> str:
+    """``auto`` -> ONNX Runtime on the CPU when installed (faster there), PyTorch otherwise."""
+    from .onnx_runtime import BACKENDS, onnx_available
+
+    if name == "auto":
+        return "onnx" if str(device) == "cpu" and onnx_available() else "torch"
+    if name not in BACKENDS:
+        raise UsageError(f"--backend {name!r}: choose auto, torch or onnx")
+    if name == "onnx" and not onnx_available():
+        raise UsageError("--backend onnx needs ONNX Runtime: pip install onnxruntime onnx")
+    return name
+
+
 @dataclass
 class Models:
     """The loaded networks, shared by every file of a batch or a live session."""
@@ -118,9 +134,10 @@ class Models:
         from .embed import FaceEmbedder
 
         device = resolve_device(settings.device)
+        backend = resolve_backend(settings.backend, device)
         detector = FaceDetector(Path(settings.detector), device, imgsz=settings.imgsz, conf=settings.det_conf,
-                                closeups=settings.closeups)
-        embedder = FaceEmbedder(Path(settings.embedder), device, flip=settings.flip_embed)
+                                closeups=settings.closeups, backend=backend)
+        embedder = FaceEmbedder(Path(settings.embedder), device, flip=settings.flip_embed, backend=backend)
         return cls(detector, embedder, str(device))
 
     def threshold(self, settings: AnnotateSettings) -> float:

@@ -386,6 +386,9 @@ def eval_threshold(
               f"{scores.known_right.mean():.1%} of {len(scores.known_top)} known queries")
     out.print(f"threshold {threshold:.3f}: names {scores.named_right(threshold):.1%} of known queries right, "
               f"rejects {scores.unknown_rejected(threshold):.1%} of {len(scores.unknown_top)} strangers")
+    stored = float(json.loads(Path(settings.embedder).with_suffix(".json").read_text())["match_threshold"])
+    out.print(f"at the embedder's stored threshold {stored:.3f}: names {scores.named_right(stored):.1%} right, "
+              f"rejects {scores.unknown_rejected(stored):.1%} of strangers")
     if histogram:
         open_set_histogram(scores, threshold, histogram, title=f"{known.folder.name}: leave-one-out top similarity")
         out.print(f"histogram: {histogram}")
