@@ -39,3 +39,22 @@ def test_detector_onnx_matches_torch_on_any_canvas(random_models, tmp_path, monk
         assert len(onnx_detector(images)) == 2
     FaceDetector(random_models[0], "cpu", imgsz=320, backend="onnx")
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx")) == graphs and len(graphs) == 1, "exported once"
+
+
+def test_openvino_reads_the_same_graph(random_models):
+    pytest.importorskip("openvino", reason="OpenVINO is optional")
+    from vidface.embed import FaceEmbedder
+
+    crops = list(np.random.default_rng(2).integers(0, 255, (3, 112, 112, 3), dtype=np.uint8))
+    reference = FaceEmbedder(random_models[1], "cpu")(crops)
+    assert np.abs(FaceEmbedder(random_models[1], "cpu", backend="openvino")(crops) - reference).max() < 1e-3
+
+
+def test_auto_engine_is_pytorch_on_a_gpu_and_an_unknown_engine_is_bad_usage():
+    from vidface.errors import UsageError
+    from vidface.pipeline import resolve_backend
+
+    assert resolve_backend("auto", "cuda:0") == "torch"
+    assert resolve_backend("auto", "cpu") in ("onnx", "openvino", "torch")
+    with pytest.raises(UsageError):
+        resolve_backend("tensorrt", "cpu")

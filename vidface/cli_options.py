@@ -83,5 +83,5 @@ def check_redaction(redact: str | None, style: str) -> None:
     if style not in REDACT_STYLES:
         raise UsageError(f"--redact-style {style!r}: choose {' or '.join(REDACT_STYLES)}")
 BackendOption = typer.Option("torch", "--backend", metavar="ENGINE",
-                             help="inference engine: torch, onnx (ONNX Runtime, CPU only) or auto (ONNX Runtime on "
-                                  "the CPU when installed)")
+                             help="inference engine: torch, onnx (ONNX Runtime), openvino (both CPU only) or auto "
+                                  "(the fastest one installed on a CPU)")

@@ -102,15 +102,15 @@ class FaceDetector:
         self.model = model.half() if self.half else model.float()
         self.backend = backend
         self._onnx = None
-        if backend == "onnx":
+        if backend in ("onnx", "openvino"):
             from .embed import file_fingerprint
-            from .onnx_runtime import FirstOutput, OnnxRunner, cached_graph
+            from .onnx_runtime import FirstOutput, cached_graph, runner_for
 
             if self.device.type != "cpu":
-                raise ModelError("--backend onnx runs on the CPU; use --device cpu (or --backend torch on a GPU)")
+                raise ModelError(f"--backend {backend} runs on the CPU; use --device cpu (or --backend torch on a GPU)")
             graph = cached_graph(FirstOutput(self.model), torch.zeros(1, 3, 320, 320),
                                  f"detector:{file_fingerprint(Path(weights))}", {0: "batch", 2: "height", 3: "width"})
-            self._onnx = OnnxRunner(graph)
+            self._onnx = runner_for(backend, graph)
         self.imgsz = int(math.ceil(imgsz / STRIDE) * STRIDE)
         self.conf, self.iou, self.max_det = conf, iou, max_det
         self.closeups = closeups

@@ -154,15 +154,15 @@ class FaceEmbedder:
         self.net = net.half() if self.half else net
         self.backend = backend
         self._onnx = None
-        if backend == "onnx":
-            from .onnx_runtime import OnnxRunner, cached_graph
+        if backend in ("onnx", "openvino"):
+            from .onnx_runtime import cached_graph, runner_for
 
             if self.device.type != "cpu":
-                raise ModelError("--backend onnx runs on the CPU; use --device cpu (or --backend torch on a GPU)")
+                raise ModelError(f"--backend {backend} runs on the CPU; use --device cpu (or --backend torch on a GPU)")
             size = self.config.input_size
             graph = cached_graph(net.float(), torch.zeros(2, 3, size, size),
                                  f"embedder:{file_fingerprint(Path(weights))}", {0: "batch"})
-            self._onnx = OnnxRunner(graph)
+            self._onnx = runner_for(backend, graph)
         self.batch_size = batch_size
         self.flip = flip
         self.weights_path = Path(weights)

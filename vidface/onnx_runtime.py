@@ -1,4 +1,4 @@
-"""ONNX Runtime inference on the CPU for the detector and the embedder.
+"""ONNX Runtime and OpenVINO inference on the CPU for the detector and the embedder.
 
 Our safetensors weights stay the source of truth: the ONNX graph is
 exported from them at first use and cached under the cache folder, keyed by
@@ -19,15 +19,21 @@ from .files import write_atomically
 
 #: bump when the export itself changes (opset, wrapper), so old cached graphs are not reused
 EXPORT_VERSION = "1"
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
 
 
-def onnx_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def engine_available(name: str) -> bool:
+    """Whether the package behind an engine (``onnx``: onnxruntime, ``openvino``) is installed."""
+    import importlib.util
+
+    if name == "torch":
+        return True
+    return importlib.util.find_spec("onnxruntime" if name == "onnx" else name) is not None
+
+
+def runner_for(engine: str, graph: Path):
+    """The CPU runner of ``graph`` for ``engine`` (``onnx`` or ``openvino``)."""
+    return OpenVinoRunner(graph) if engine == "openvino" else OnnxRunner(graph)
 
 
 def cached_graph(net: torch.nn.Module, example: torch.Tensor, key: str, dynamic: dict[int, str]) -> Path:
@@ -82,3 +88,17 @@ class FirstOutput(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         output = self.model(images)
         return output[0] if isinstance(output, (list, tuple)) else output
+
+
+class OpenVinoRunner:
+    """An OpenVINO CPU model with :class:`OnnxRunner`'s interface (it reads the same ONNX graph)."""
+
+    def __init__(self, graph: Path, threads: int | None = None):
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        self.compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.compiled(np.ascontiguousarray(batch, dtype=np.float32))[0]

@@ -108,16 +108,23 @@ class AnnotateSettings:
 
 
 def resolve_backend(name: str, device) -> str:
-    """``auto`` -> ONNX Runtime on the CPU when installed (faster there), PyTorch otherwise."""
-    from .onnx_runtime import BACKENDS, onnx_available
+    """``auto`` -> the fastest engine measured on a CPU (``vidface eval backends``) when installed; PyTorch
+    on a GPU or when neither is installed."""
+    from .onnx_runtime import BACKENDS, engine_available
 
     if name == "auto":
-        return "onnx" if str(device) == "cpu" and onnx_available() else "torch"
+        if str(device) != "cpu":
+            return "torch"
+        return next((engine for engine in AUTO_ENGINES if engine_available(engine)), "torch")
     if name not in BACKENDS:
-        raise UsageError(f"--backend {name!r}: choose auto, torch or onnx")
-    if name == "onnx" and not onnx_available():
-        raise UsageError("--backend onnx needs ONNX Runtime: pip install onnxruntime onnx")
+        raise UsageError(f"--backend {name!r}: choose auto, {', '.join(BACKENDS)}")
+    if not engine_available(name):
+        raise UsageError(f"--backend {name} is not installed: pip install {'onnxruntime onnx' if name == 'onnx' else name}")
     return name
+
+
+#: CPU engines in the order ``--backend auto`` tries them (fastest first, as measured)
+AUTO_ENGINES = ("onnx",)
 
 
 @dataclass

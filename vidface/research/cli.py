@@ -447,3 +447,43 @@ def eval_open_set(
     if store:
         cosine = next(r for r in reports if r.rule == "cosine")
         out.print(f"stored in {update_embedder_config(weights, match_threshold=round(cosine.threshold, 3))}")
+
+
+@eval_app.command("backends")
+def eval_backends(
+    video: Path = typer.Argument(..., metavar="VIDEO", help="a clip with faces (for example a 720p one)"),
+    frames: int = typer.Option(96, "--frames", min=8, help="frames of the clip to run"),
+    calibration: int = typer.Option(32, "--calibration", min=0,
+                                    help="WIDER training images (and 8x as many training crops) to calibrate int8 on"),
+    config: Path = typer.Option(Path("configs/embedder-cpu-imagenet.json"), "--config",
+                                help="the embedder's training config (where its training crops are)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table here"),
+) -> None:
+    """Inference engines side by side on this CPU: PyTorch, ONNX Runtime fp32 and int8, OpenVINO."""
+    from dataclasses import asdict
+
+    from ..pipeline import AnnotateSettings
+    from .datasets import data_root
+    from .evaluation.backends import compare_engines
+    from .train.embedder import EmbedderTrainConfig, gather_training_data, load_crops
+
+    settings = AnnotateSettings(device="cpu")
+    images, crops = [], None
+    if calibration:
+        wider = data_root() / "widerface" / "train-subset" / "images"
+        images = sorted(wider.glob("*.jpg"))[:calibration]
+        paths, *_ = gather_training_data(EmbedderTrainConfig.load(config))
+        chosen = np.random.default_rng(0).choice(len(paths), min(8 * calibration, len(paths)), replace=False)
+        crops = load_crops([paths[i] for i in chosen], 112)
+    rows = compare_engines(video, settings, frames, images, crops, log=lambda line: err.print(line, markup=False))
+    table = Table("engine", "detect frames/s", "embed crops/s", "faces agree", "embedding cosine (min)", "note",
+                  title=f"inference engines, {frames} frames of {video.name}, 2 threads")
+    for row in rows:
+        def cell(value, digits):
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        table.add_row(row.engine, cell(row.detect_fps, 1), cell(row.embed_crops_per_s, 1), cell(row.faces_agree, 3),
+                      cell(row.embedding_cosine_min, 4), row.note)
+    out.print(table)
+    if json_out:
+        write_json_atomic({"video": str(video), "frames": frames, "rows": [asdict(r) for r in rows]}, json_out)

@@ -1,0 +1,153 @@
+"""Which inference engine is fastest on this CPU, and does its answer hold? (``vidface eval backends``)
+
+The same frames of a clip go through the detector and the same face crops
+through the embedder under each engine: PyTorch eager, ONNX Runtime fp32,
+ONNX Runtime int8 (static quantisation, calibrated on training images:
+WIDER training images for the detector, training face crops for the
+embedder; never on evaluation data) and OpenVINO when it is installed.
+Speed is frames (or crops) per second after a warm-up; agreement is against
+PyTorch: the share of its faces found again (IoU >= 0.5) and the cosine of
+each embedding to PyTorch's. A benchmark: run it on an idle machine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...structures import box_iou
+
+
+@dataclass
+class EngineRow:
+    engine: str
+    detect_fps: float | None
+    embed_crops_per_s: float | None
+    faces_agree: float | None
+    embedding_cosine_min: float | None
+    note: str = ""
+
+
+class _Calibration:
+    """ONNX Runtime's calibration reader over a list of ready input arrays."""
+
+    def __init__(self, batches: list[np.ndarray]):
+        self._batches = iter(batches)
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {"input": batch}
+
+
+def quantised_graph(graph: Path, batches: list[np.ndarray], name: str) -> Path:
+    """Static int8 (QDQ, per-channel weights) version of ``graph``, calibrated on ``batches``."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = graph.with_name(f"{name}-prepared.onnx")
+    output = graph.with_name(f"{name}-int8.onnx")
+    if not output.exists():
+        quant_pre_process(str(graph), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(output), _Calibration(batches), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return output
+
+
+def _frames(video: Path, count: int) -> list[np.ndarray]:
+    from ...io import VideoReader
+
+    images = []
+    with VideoReader(video) as reader:
+        for frame in reader:
+            images.append(frame.image)
+            if len(images) >= count:
+                break
+    return images
+
+
+def compare_engines(video: Path, settings, frames: int = 96, calibration_images: list[Path] = (),
+                    calibration_crops: np.ndarray | None = None, log=print) -> list[EngineRow]:
+    """Time and check every available engine on ``frames`` frames of ``video`` (see the module docstring)."""
+    from ...align import align_face
+    from ...detect import FaceDetector
+    from ...embed import FaceEmbedder, crops_to_tensor, file_fingerprint
+    from ...onnx_runtime import FirstOutput, OnnxRunner, OpenVinoRunner, cached_graph
+
+    images = _frames(video, frames)
+    torch_detector = FaceDetector(settings.detector, "cpu", imgsz=settings.imgsz, closeups=settings.closeups)
+    torch_embedder = FaceEmbedder(settings.embedder, "cpu", flip=settings.flip_embed)
+
+    def run_detector(detector):
+        found = []
+        with torch.inference_mode():
+            detector(images[:8])  # warm-up
+            started = time.perf_counter()
+            for start in range(0, len(images), settings.batch_size):
+                found += detector(images[start : start + settings.batch_size])
+        return found, len(images) / (time.perf_counter() - started)
+
+    reference_faces, torch_fps = run_detector(torch_detector)
+    crops = [align_face(image, face.landmarks, face.box) for image, faces in zip(images, reference_faces)
+             for face in faces]
+    if not crops:
+        raise ValueError(f"no face found in the first {frames} frames of {video}")
+
+    def run_embedder(embedder):
+        embedder(crops[:8])
+        started = time.perf_counter()
+        vectors = embedder(crops)
+        return vectors, len(crops) / (time.perf_counter() - started)
+
+    reference_vectors, torch_cps = run_embedder(torch_embedder)
+    rows = [EngineRow("pytorch eager", round(torch_fps, 1), round(torch_cps, 1), 1.0, 1.0)]
+
+    def agreement(found) -> float:
+        matched = total = 0
+        for ours, theirs in zip(reference_faces, found):
+            total += len(ours)
+            if ours and theirs:
+                iou = box_iou(np.stack([f.box for f in ours]), np.stack([f.box for f in theirs]))
+                matched += int((iou.max(axis=1) >= 0.5).sum())
+        return matched / max(total, 1)
+
+    def check(name: str, detector_runner, embedder_runner, note: str = "") -> None:
+        detector = FaceDetector(settings.detector, "cpu", imgsz=settings.imgsz, closeups=settings.closeups)
+        detector._onnx = detector_runner
+        embedder = FaceEmbedder(settings.embedder, "cpu", flip=settings.flip_embed)
+        embedder._onnx = embedder_runner
+        found, fps = run_detector(detector)
+        vectors, cps = run_embedder(embedder)
+        cosine = float((vectors * reference_vectors).sum(axis=1).min())
+        rows.append(EngineRow(name, round(fps, 1), round(cps, 1), round(agreement(found), 4), round(cosine, 4), note))
+        log(f"{name}: detect {fps:.1f} frames/s, embed {cps:.1f} crops/s, faces agree {agreement(found):.3f}, "
+            f"embedding cosine >= {cosine:.4f}")
+
+    detector_graph = cached_graph(FirstOutput(torch_detector.model), torch.zeros(1, 3, 320, 320),
+                                  f"detector:{file_fingerprint(Path(settings.detector))}",
+                                  {0: "batch", 2: "height", 3: "width"})
+    size = torch_embedder.config.input_size
+    embedder_graph = cached_graph(torch_embedder.net.float(), torch.zeros(2, 3, size, size),
+                                  f"embedder:{file_fingerprint(Path(settings.embedder))}", {0: "batch"})
+    check("onnxruntime fp32", OnnxRunner(detector_graph), OnnxRunner(embedder_graph))
+    if calibration_images and calibration_crops is not None:
+        import cv2
+
+        detector_batches = [torch_detector._letterbox([cv2.imread(str(p))], settings.imgsz)[0].numpy()
+                            for p in calibration_images]
+        embedder_batches = [crops_to_tensor(calibration_crops[i : i + 32], torch_embedder.config).numpy()
+                            for i in range(0, len(calibration_crops), 32)]
+        check("onnxruntime int8 (static)",
+              OnnxRunner(quantised_graph(detector_graph, detector_batches, "detector")),
+              OnnxRunner(quantised_graph(embedder_graph, embedder_batches, "embedder")),
+              note=f"calibrated on {len(detector_batches)} WIDER training images, {len(calibration_crops)} crops")
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        rows.append(EngineRow("openvino", None, None, None, None, "not installed"))
+    else:
+        check("openvino", OpenVinoRunner(detector_graph), OpenVinoRunner(embedder_graph))
+    return rows
