@@ -47,7 +47,9 @@ def test_openvino_reads_the_same_graph(random_models):
 
     crops = list(np.random.default_rng(2).integers(0, 255, (3, 112, 112, 3), dtype=np.uint8))
     reference = FaceEmbedder(random_models[1], "cpu")(crops)
-    assert np.abs(FaceEmbedder(random_models[1], "cpu", backend="openvino")(crops) - reference).max() < 1e-3
+    # OpenVINO may compute in bfloat16 on CPUs that have it: the same direction, not the same bits
+    cosine = (FaceEmbedder(random_models[1], "cpu", backend="openvino")(crops) * reference).sum(axis=1)
+    assert cosine.min() > 0.999
 
 
 def test_auto_engine_is_pytorch_on_a_gpu_and_an_unknown_engine_is_bad_usage():
