@@ -194,3 +194,33 @@ def test_preloaded_crops_give_the_same_samples_as_reading_files(tmp_path):
         assert label_a == label_b and torch.equal(teacher_a, teacher_b)
         torch.testing.assert_close(a, b)
     assert preloaded.crops.shape == (3, 112, 112, 3)
+
+
+def test_training_faces_pack_into_parts_that_fit_a_device_call(tmp_path, monkeypatch):
+    import tarfile
+
+    import cv2
+
+    from vidface.research.train.embedder import EmbedderTrainConfig, pack_training_faces
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for person in range(6):
+        for index in range(3):
+            path = root / "faces" / "people" / f"p{person}" / f"{index}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
+    (root / "faces" / "crowd").mkdir()
+    for index in range(4):
+        cv2.imwrite(str(root / "faces" / "crowd" / f"{index}.webp"), rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache" / "teacher").mkdir(parents=True)
+    np.savez(tmp_path / "cache" / "teacher" / "t.npz", names=np.array(["x"]), embeddings=np.zeros((1, 128)))
+    config = EmbedderTrainConfig(labelled_sets=["faces/people"], unlabelled_sets=["faces/crowd"],
+                                 teacher_cache="cache/teacher/t.npz", calibration_set="faces/people")
+    limit = 200_000
+    parts = pack_training_faces(config, tmp_path / "out", limit, root=root)
+    assert len(parts) > 1 and all(part.stat().st_size <= limit for part in parts)
+    names = [name for part in parts for name in tarfile.open(part).getnames()]
+    assert len(names) == len(set(names)) == 6 * 3 + 4 + 1
+    assert "faces/people/p3/2.jpg" in names and "faces/crowd/1.webp" in names and "cache/teacher/t.npz" in names

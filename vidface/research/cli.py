@@ -70,6 +70,26 @@ def data_wider_crops(
     out.print(f"{stats['faces']} crops from {stats['images']} images in {out_dir}")
 
 
+@data_app.command("pack-faces")
+def data_pack_faces(
+    config: Path = typer.Option(Path("configs/embedder-gpu.json"), "--config",
+                                help="the embedder config whose training faces (and teacher cache) to pack"),
+    out_dir: Path = typer.Option(Path("device_carry/faces"), "--out", help="folder for the archive parts"),
+    max_mib: float = typer.Option(60.0, "--max-mib", help="largest part (a GPU machine call carries 64 MiB)"),
+) -> None:
+    """The embedder's training faces and teacher cache as tar parts, to carry to a GPU machine.
+
+    Unpack every part into one folder there and point VIDFACE_DATA at it; the
+    crops keep their paths relative to the data root, and our own sets (for
+    example cache/faces-wider) keep theirs.
+    """
+    from .train.embedder import EmbedderTrainConfig, pack_training_faces
+
+    parts = pack_training_faces(EmbedderTrainConfig.load(config), out_dir, int(max_mib * 2**20))
+    for part in parts:
+        out.print(f"{part}  {part.stat().st_size / 2**20:.1f} MiB", markup=False, highlight=False)
+
+
 @train_app.command("detector")
 def train_detector_command(
     data: Path = typer.Option(Path("cache/widerface-pose/data.yaml"), "--data"),

@@ -478,3 +478,40 @@ def measure_step_speed(config: EmbedderTrainConfig, crops: np.ndarray, teacher: 
         results.append(StepSpeed(variant, round(rate, 1), round(losses[0], 4), round(losses[-1], 4)))
         log(f"{variant}: {rate:.1f} img/s, distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     return results
+
+
+def pack_training_faces(config: EmbedderTrainConfig, out_dir: Path, max_bytes: int, root: Path | None = None
+                        ) -> list[Path]:
+    """Tar parts (each at most ``max_bytes``) of every training crop, the calibration people and the teacher
+    cache, named as :func:`gather_training_data` finds them under a data root."""
+    import tarfile
+
+    root = root or data_root()
+    files: list[tuple[Path, str]] = []
+    for name in config.labelled_sets + config.unlabelled_sets + [config.calibration_set]:
+        folder = _crop_folder(name, root)
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix.lower() in CROP_SUFFIXES:
+                files.append((path, str(Path(name) / path.relative_to(folder))))
+    teacher = Path(config.teacher_cache)
+    if teacher.is_file():
+        files.append((teacher, str(teacher)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts: list[Path] = []
+    archive = None
+    seen = set()
+    for path, arcname in files:
+        if arcname in seen:
+            continue
+        seen.add(arcname)
+        entry = 2048 + -(-path.stat().st_size // 512) * 512  # headers and 512-byte blocks, generously
+        # room for the end-of-archive blocks; the archive's own file position is its size so far
+        if archive is None or archive.fileobj.tell() + entry > max_bytes - 20480:
+            if archive is not None:
+                archive.close()
+            parts.append(out_dir / f"part-{len(parts) + 1}.tar")
+            archive = tarfile.open(parts[-1], "w")
+        archive.add(path, arcname=arcname)
+    if archive is not None:
+        archive.close()
+    return parts
