@@ -160,3 +160,11 @@ def test_ray_flag_without_ray_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(UsageError, match=r"pip install 'vidface\[ray\]'"):
         require_ray()
+
+
+def test_patterns_match_whatever_the_case(tmp_path):
+    (tmp_path / "in").mkdir()
+    for name in ("a.mp4", "b.MP4", "c.Mp4", "d.mov"):
+        (tmp_path / "in" / name).write_bytes(b"x")
+    items, _ = collect_inputs([str(tmp_path / "in")], "*.mp4")
+    assert sorted(item.source.name for item in items) == ["a.mp4", "b.MP4", "c.Mp4"]

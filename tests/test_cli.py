@@ -267,3 +267,23 @@ def test_help_reads_well():
         assert not silent, f"{name}: options without help text: {silent}"
     version = subprocess.run([sys.executable, "-m", "vidface", "-V"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("vidface ")
+
+
+def test_annotate_and_bench_print_json_on_stdout_and_people_text_on_stderr(tmp_path, random_models):
+    detector, embedder = random_models
+    video = make_video(tmp_path / "clip.mp4", frames=8, fps=10)
+    common = ["--detector", str(detector), "--embedder", str(embedder), "--device", "cpu", "--imgsz", "64"]
+    annotate = subprocess.run([sys.executable, "-m", "vidface", "annotate", str(video), "--json", *common],
+                              capture_output=True, text=True, timeout=120)
+    assert annotate.returncode == 0, annotate.stderr
+    result = json.loads(annotate.stdout)
+    assert result["frames"] == 8 and result["log"].endswith("clip.vidface.json") and result["people"] == []
+    assert "(nobody)" in annotate.stderr, "the summary table goes to stderr"
+    bench = subprocess.run([sys.executable, "-m", "vidface", "bench", str(video), "--json", *common],
+                           capture_output=True, text=True, timeout=120)
+    assert bench.returncode == 0, bench.stderr
+    report = json.loads(bench.stdout)
+    assert (report["width"], report["height"], report["frames"]) == (160, 120, 8)
+    assert {row["stage"] for row in report["stages"]} >= {"decode (alone)", "detect", "align+embed", "end to end"}
+    assert report["threads"] >= 1 and report["peak_memory_mb"] > 0 and report["startup_s"] > 0
+    assert report["end_to_end_fps"] > 0 and report["slowdown_vs_decode"] > 0
