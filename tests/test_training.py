@@ -224,3 +224,49 @@ def test_training_faces_pack_into_parts_that_fit_a_device_call(tmp_path, monkeyp
     names = [name for part in parts for name in tarfile.open(part).getnames()]
     assert len(names) == len(set(names)) == 6 * 3 + 4 + 1
     assert "faces/people/p3/2.jpg" in names and "faces/crowd/1.webp" in names and "cache/teacher/t.npz" in names
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    import json
+
+    import cv2
+
+    from vidface.research.train.embedder import EmbedderTrainConfig, train_embedder
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    names = []
+    for person in range(2):
+        for index in range(3):
+            path = root / "faces" / "people" / f"p{person}" / f"{index}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
+            names.append(f"people/p{person}/{index}.jpg")
+    teacher = tmp_path / "teacher.npz"
+    vectors = rng.normal(size=(len(names), 128)).astype(np.float32)
+    np.savez(teacher, names=np.array(names), embeddings=vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    monkeypatch.setenv("VIDFACE_DATA", str(root))
+    config = EmbedderTrainConfig(labelled_sets=["faces/people"], unlabelled_sets=[], teacher_cache=str(teacher),
+                                 epochs=2, batch_size=3, eval_every=0, workers=0, threads=1, warmup_epochs=0.5,
+                                 arcface_weight=1.0, preload=True, channels_last=True)
+    run = tmp_path / "run"
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(line):
+        if line.startswith("{") and json.loads(line)["epoch"] == 1:
+            raise Killed  # the checkpoint of epoch 1 is on disk: the process dies here
+
+    with pytest.raises(Killed):
+        train_embedder(config, run, log=kill_after_first_epoch)
+    first = torch.load(run / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 1 and first["optimizer"]["state"], "optimizer state is saved with the weights"
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_embedder(config, run, log=lambda line: None)
+    lines = []
+    train_embedder(config, run, resume=True, log=lines.append)
+    assert lines[0] == f"resumed from {run / 'last.ckpt'} at epoch 1"
+    assert [json.loads(line)["epoch"] for line in lines if line.startswith("{")] == [2], "only the missing epoch"
+    assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert (run / "embedder.safetensors").exists() and json.loads((run / "embedder.json").read_text())["centre"]
