@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli_options import (CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption, FlipOption,
-                           FrameSkipOption, MatchThresholdOption)
+from ..cli_options import (BackendOption, CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption,
+                           FlipOption, FrameSkipOption, MatchThresholdOption)
 from ..errors import GalleryError
 from ..files import write_json_atomic
 
@@ -238,7 +238,7 @@ def embedder_centre_command(
     out.print(f"centre stored in {weights.with_suffix('.json')}: norm {float(np.linalg.norm(centre)):.3f}")
 
 
-def _detector_fn(model: str, imgsz: int, conf: float):
+def _detector_fn(model: str, imgsz: int, conf: float, backend: str = "torch"):
     """``image -> (P, 5)`` for our weights (a path) or a teacher name."""
     if model in TEACHERS:
         teacher = _teacher(model, conf, yunet_upscale=1.0, scrfd_size=imgsz)
@@ -250,7 +250,7 @@ def _detector_fn(model: str, imgsz: int, conf: float):
         return run_teacher
     from ..detect import FaceDetector
 
-    detector = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=conf, max_det=1000)
+    detector = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=conf, max_det=1000, backend=backend)
 
     def run_ours(image):
         faces = detector([image])[0]
@@ -267,6 +267,7 @@ def eval_widerface(
     limit: Optional[int] = typer.Option(None, "--limit", help="only the first N val-eval images"),
     landmark_teacher: Optional[str] = typer.Option(None, "--landmarks-vs",
                                                    help="also measure our landmarks against a teacher: yunet, scrfd, centerface"),
+    backend: str = BackendOption,
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
     """Official WIDER FACE protocol on val-eval: AP for easy, medium and hard."""
@@ -275,7 +276,7 @@ def eval_widerface(
     from .evaluation.widerface import evaluate_detector
 
     bar = tqdm(unit="img", desc=f"WIDER val-eval {Path(model).name}")
-    report = evaluate_detector(_detector_fn(model, imgsz, conf), limit=limit,
+    report = evaluate_detector(_detector_fn(model, imgsz, conf, backend), limit=limit,
                                progress=lambda done, total: (setattr(bar, "total", total), bar.update(1)))
     bar.close()
     table = Table(title=f"WIDER FACE val-eval ({report.images} images, imgsz {imgsz}): {model}")
@@ -283,7 +284,7 @@ def eval_widerface(
         table.add_column(subset)
     table.add_row(*[f"{ap:.3f}" for ap in report.ap.values()])
     out.print(table)
-    result = {"model": model, "imgsz": imgsz, "images": report.images, "ap": report.ap}
+    result = {"model": model, "imgsz": imgsz, "backend": backend, "images": report.images, "ap": report.ap}
     if landmark_teacher:
         from ..detect import FaceDetector
         from .evaluation.widerface import landmark_nme
@@ -311,6 +312,7 @@ def eval_lfw(
     model: str = typer.Option(..., "--model", help="embedder .safetensors, or 'dlib' for the teacher"),
     flip: bool = typer.Option(False, "--flip", help="also report flip-augmented embeddings"),
     device: str = typer.Option("cpu", "--device"),
+    backend: str = BackendOption,
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
     """LFW 10-fold verification: accuracy, threshold, AUC, TAR@FAR."""
@@ -327,9 +329,9 @@ def eval_lfw(
     else:
         from ..embed import FaceEmbedder
 
-        reports = {"plain": evaluate_lfw(FaceEmbedder(Path(model), device), images, same)}
+        reports = {"plain": evaluate_lfw(FaceEmbedder(Path(model), device, backend=backend), images, same)}
         if flip:  # exactly as the pipeline embeds with --flip-embed
-            reports["flip"] = evaluate_lfw(FaceEmbedder(Path(model), device, flip=True), images, same)
+            reports["flip"] = evaluate_lfw(FaceEmbedder(Path(model), device, flip=True, backend=backend), images, same)
     table = Table(title=f"LFW (6,000 pairs, 10 folds): {model}")
     for column in ("variant", "accuracy", "best threshold", "F1", "ROC AUC", "TAR@FAR=1e-2", "TAR@FAR=1e-3"):
         table.add_column(column)
@@ -352,6 +354,7 @@ def eval_videofaceid(
     frame_skip: int = FrameSkipOption,
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
+    backend: str = BackendOption,
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
     """End-to-end: every real clip against its truth (found, named right, unknowns rejected)."""
@@ -361,7 +364,7 @@ def eval_videofaceid(
     from ..pipeline import AnnotateSettings
 
     settings = AnnotateSettings(device=device, det_conf=det_conf, match_threshold=match_threshold,
-                                frame_skip=frame_skip, closeups=closeups, flip_embed=flip_embed,
+                                frame_skip=frame_skip, closeups=closeups, flip_embed=flip_embed, backend=backend,
                                 write_video=False, **values)
     report = evaluate_clips(settings)
     table = Table(title="videofaceid: truth boxes found (IoU >= 0.3), named right or wrong, unknowns rejected")
