@@ -78,7 +78,8 @@ def set_display_rotation_clockwise_90(path: Path) -> Path:
 def random_models(tmp_path_factory) -> tuple[Path, Path]:
     """A detector and an embedder in vidface's formats, with random weights."""
     from vidface.detect import save_detector
-    from vidface.embed import EmbedderConfig, EmbedderNet, save_embedder
+    from vidface.embed import EmbedderConfig
+    from vidface.embed_net import EmbedderNet, save_embedder
     from vidface.offline import ultralytics_offline
 
     ultralytics_offline()
@@ -160,6 +161,15 @@ def fake_stages(tmp_path):
     return CentreDetector(weights), ColourEmbedder(weights)
 
 
+@pytest.fixture(scope="session")
+def _session_graphs(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-graphs")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("VIDFACE_CACHE", str(tmp_path / "cache"))
+def _isolated_cache(tmp_path_factory, _session_graphs, monkeypatch):
+    """A fresh cache folder per test (outside its tmp_path), sharing only the exported ONNX graphs:
+    they are keyed by the weights' content, and exporting them again in every test would only cost time."""
+    cache = tmp_path_factory.mktemp("cache")
+    (cache / "onnx").symlink_to(_session_graphs, target_is_directory=True)
+    monkeypatch.setenv("VIDFACE_CACHE", str(cache))

@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -67,7 +70,7 @@ def test_cache_file_holds_no_pickled_objects(tmp_path, fake_stages, monkeypatch)
     detector, embedder = fake_stages
     write_photo(tmp_path / "g/Ann/1.jpg", (200, 30, 30))
     build_gallery(tmp_path / "g", detector, embedder)
-    caches = list((tmp_path / "cache").rglob("*.npz"))
+    caches = list(Path(os.environ["VIDFACE_CACHE"]).rglob("*.npz"))
     assert len(caches) == 1
     with np.load(caches[0], allow_pickle=False) as data:
         assert {"hashes", "embeddings", "model_key"} <= set(data.files)

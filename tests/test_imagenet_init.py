@@ -5,7 +5,8 @@ import pytest
 import torch
 from torchvision.models import efficientnet_b0
 
-from vidface.embed import EmbedderConfig, EmbedderNet
+from vidface.embed import EmbedderConfig
+from vidface.embed_net import EmbedderNet
 from vidface.research.train.imagenet_init import OPEN_GATE_BIAS, lite0_to_torchvision_names, load_lite0_into
 
 

@@ -29,9 +29,8 @@ def peak_memory_mb() -> float:
 
 def run_bench(path: Path, gallery_folder: Path | None, settings) -> dict:
     """Decode alone, then load the models (start-up) and run the full annotate pipeline with per-stage timers."""
-    import torch
-
     from .gallery import build_gallery
+    from .onnx_runtime import default_threads
     from .pipeline import Models, annotate
 
     path = Path(path)
@@ -61,7 +60,7 @@ def run_bench(path: Path, gallery_folder: Path | None, settings) -> dict:
         "frames": frames,
         "faces_per_frame": round(faces / max(detected_frames, 1), 3),
         "device": models.device,
-        "threads": torch.get_num_threads(),
+        "threads": default_threads(),
         "settings": settings.resolved(models).for_log(),
         "startup_s": round(startup, 3),
         "stages": [

@@ -53,7 +53,8 @@ DetConfOption = typer.Option(None, "--det-conf", min=0.0, max=1.0, metavar="SCOR
 MatchThresholdOption = typer.Option(
     None, "--match-threshold", min=-1.0, max=1.0, metavar="COSINE",
     help=f"similarity a face needs to be named  [default: {stored_match_threshold()}, calibrated for the embedder]")
-BatchSizeOption = typer.Option(8, "--batch-size", min=1, metavar="FRAMES", help="frames per detector batch")
+BatchSizeOption = typer.Option(None, "--batch-size", min=1, metavar="FRAMES", show_default=False,
+                               help="frames per detector batch  [default: 8 on a GPU, 2 on the CPU]")
 ImgszOption = typer.Option(640, "--imgsz", min=32, metavar="PX", help="detector input size (long side, pixels)")
 FrameSkipOption = typer.Option(0, "--frame-skip", min=0, metavar="N",
                                help="detect every N+1-th frame, carry the tracks over the frames between")
@@ -82,6 +83,7 @@ def check_redaction(redact: str | None, style: str) -> None:
         raise UsageError(f"--redact {redact!r}: choose unknown or all")
     if style not in REDACT_STYLES:
         raise UsageError(f"--redact-style {style!r}: choose {' or '.join(REDACT_STYLES)}")
-BackendOption = typer.Option("torch", "--backend", metavar="ENGINE",
-                             help="inference engine: torch, onnx (ONNX Runtime), openvino (both CPU only) or auto "
-                                  "(the fastest one installed on a CPU)")
+BackendOption = typer.Option("auto", "--backend", metavar="ENGINE",
+                             help="inference engine: torch, onnx (ONNX Runtime), openvino, openvino-bf16 (faster "
+                                  "on CPUs with BF16; all CPU only but torch) or auto (OpenVINO, else ONNX Runtime, "
+                                  "on a CPU; PyTorch on a GPU)")

@@ -3,7 +3,9 @@
 The network is ultralytics' ``PoseModel``; vidface stores it as safetensors
 (weights plus the model YAML in the file's metadata), so loading runs no
 pickled code. Prediction is our own batched letterbox -> forward -> NMS ->
-un-letterbox loop, so many video frames go through the GPU at once.
+un-letterbox loop, so many video frames go through the GPU at once. With
+``backend`` ``onnx`` or ``openvino`` the network is an ONNX graph exported once
+from the weights, and detection runs without PyTorch or ultralytics.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from .errors import ModelError
 from .files import write_atomically
@@ -27,13 +28,16 @@ STRIDE = 32
 LANDMARK_MIN_VISIBILITY = 0.3
 #: Face score threshold for weights that carry no calibrated one.
 DEFAULT_CONF = 0.5
+#: Candidates kept for NMS per image, best first (as ultralytics' ``max_nms``).
+MAX_NMS_CANDIDATES = 30000
 #: The close-up pass: canvas long side (pixels) and the share of it the image fills.
 CLOSEUP_IMGSZ = 320
 CLOSEUP_FILL = 0.5
 
 
-def save_detector(model: torch.nn.Module, path: Path, imgsz: int = 640, extra: dict | None = None) -> Path:
+def save_detector(model, path: Path, imgsz: int = 640, extra: dict | None = None) -> Path:
     """Write an ultralytics ``PoseModel`` as fp16 safetensors with its YAML in the metadata."""
+    import torch
     from safetensors.torch import save_file
 
     state = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous().cpu()
@@ -49,22 +53,33 @@ def save_detector(model: torch.nn.Module, path: Path, imgsz: int = 640, extra: d
     return write_atomically(path, lambda temporary: save_file(state, temporary, metadata=metadata))
 
 
-def load_pose_model(path: Path) -> tuple[torch.nn.Module, dict]:
-    """Build the network from the file's YAML and load its weights; returns ``(model, metadata)``."""
+def read_detector_metadata(path: Path) -> dict:
+    """The metadata of a vidface detector file, after checking it is one (no torch needed)."""
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"detector weights not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
-        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelError(f"detector weights {path} are not a readable safetensors file ({error})") from None
     if metadata.get("format") != FORMAT:
         raise ModelError(f"{path} is not a vidface detector (format {metadata.get('format')!r}, want {FORMAT!r})")
+    return metadata
+
+
+def load_pose_model(path: Path) -> tuple:
+    """Build the network from the file's YAML and load its weights; returns ``(model, metadata)``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    metadata = read_detector_metadata(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelError(f"detector weights {path} are not a readable safetensors file ({error})") from None
     ultralytics_offline()
     from ultralytics.nn.tasks import PoseModel
 
@@ -75,6 +90,30 @@ def load_pose_model(path: Path) -> tuple[torch.nn.Module, dict]:
     except RuntimeError as error:
         raise ModelError(f"detector weights {path} do not fit the network in its metadata: {error}") from None
     return model, metadata
+
+
+def suppress(prediction: np.ndarray, conf: float, iou: float, max_det: int) -> list[np.ndarray]:
+    """The network's raw output ``(B, 4 + 1 + 15, A)`` (centre-size boxes, face score, 5 × (x, y, visibility)
+    per anchor) -> per image, rows ``(K, 6 + 15)`` (``x1 y1 x2 y2``, score, class 0, landmarks) with score
+    above ``conf``, greedy NMS at IoU ``iou``, best first, at most ``max_det``.
+
+    OpenCV's ``NMSBoxes`` keeps the same boxes as ultralytics' (torchvision's) NMS.
+    """
+    results = []
+    for anchors in np.asarray(prediction, np.float32):
+        rows = anchors.T
+        rows = rows[rows[:, 4] > conf]
+        rows = rows[np.argsort(-rows[:, 4], kind="stable")[:MAX_NMS_CANDIDATES]]
+        if len(rows) == 0:
+            results.append(np.zeros((0, 21), np.float32))
+            continue
+        corners = np.concatenate([rows[:, :2] - rows[:, 2:4] / 2, rows[:, :2] + rows[:, 2:4] / 2], axis=1)
+        top_left_size = np.concatenate([corners[:, :2], rows[:, 2:4]], axis=1)
+        kept = np.asarray(cv2.dnn.NMSBoxes(top_left_size.tolist(), rows[:, 4].tolist(), 0.0, iou), int).reshape(-1)
+        kept = kept[:max_det]
+        results.append(np.concatenate([corners[kept], rows[kept, 4:5], np.zeros((len(kept), 1), np.float32),
+                                       rows[kept, 5:]], axis=1).astype(np.float32))
+    return results
 
 
 class FaceDetector:
@@ -90,31 +129,53 @@ class FaceDetector:
         look like what it knows. Costs about a quarter more detector time.
     """
 
-    def __init__(self, weights: Path, device: torch.device | str = "cpu", imgsz: int = 640,
+    def __init__(self, weights: Path, device="cpu", imgsz: int = 640,
                  conf: float | None = None, iou: float = 0.45, max_det: int = 300, half: bool | None = None,
                  closeups: bool = False, backend: str = "torch"):
-        model, self.metadata = load_pose_model(Path(weights))
+        self.weights_path = Path(weights)
+        self.metadata = read_detector_metadata(self.weights_path)
         if conf is None:
             conf = float(self.metadata.get("det_conf", DEFAULT_CONF))
-        self.device = torch.device(device)
-        self.half = (self.device.type == "cuda") if half is None else half
-        model = model.fuse().eval().to(self.device)
-        self.model = model.half() if self.half else model.float()
         self.backend = backend
-        self._onnx = None
-        if backend in ("onnx", "openvino"):
+        self._onnx, self.model = None, None
+        if backend != "torch":
             from .embed import file_fingerprint
-            from .onnx_runtime import FirstOutput, cached_graph, runner_for
+            from .onnx_runtime import cached_graph, runner_for
 
-            if self.device.type != "cpu":
+            if str(device) != "cpu":
                 raise ModelError(f"--backend {backend} runs on the CPU; use --device cpu (or --backend torch on a GPU)")
-            graph = cached_graph(FirstOutput(self.model), torch.zeros(1, 3, 320, 320),
-                                 f"detector:{file_fingerprint(Path(weights))}", {0: "batch", 2: "height", 3: "width"})
-            self._onnx = runner_for(backend, graph)
+            self.device, self.half = "cpu", False
+            graph = cached_graph(f"detector:{file_fingerprint(self.weights_path)}", self._network_for_export,
+                                 {0: "batch", 2: "height", 3: "width"})
+            self._onnx, self.graph = runner_for(backend, graph), graph
+        else:
+            import torch
+
+            model, _ = load_pose_model(self.weights_path)
+            self.device = torch.device(device)
+            self.half = (self.device.type == "cuda") if half is None else half
+            model = model.fuse().eval().to(self.device)
+            self.model = model.half() if self.half else model.float()
         self.imgsz = int(math.ceil(imgsz / STRIDE) * STRIDE)
         self.conf, self.iou, self.max_det = conf, iou, max_det
         self.closeups = closeups
-        self.weights_path = Path(weights)
+
+    def _network_for_export(self) -> tuple:
+        """``(module, example input)`` for :func:`~vidface.onnx_runtime.cached_graph`: the fused network,
+        returning only its predictions (ultralytics' eval mode returns ``(predictions, extras)``)."""
+        import torch
+
+        class Predictions(torch.nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, images):
+                output = self.model(images)
+                return output[0] if isinstance(output, (list, tuple)) else output
+
+        model, _ = load_pose_model(self.weights_path)
+        return Predictions(model.fuse().eval().float()), torch.zeros(1, 3, 320, 320)
 
     @property
     def settings_key(self) -> str:
@@ -127,12 +188,12 @@ class FaceDetector:
         return f"{self.imgsz}:{self.conf}:{self.iou}:closeups"
 
     def _letterbox(self, images: list[np.ndarray], imgsz: int, fill: float = 1.0
-                   ) -> tuple[torch.Tensor, list[float], list[tuple[int, int]]]:
+                   ) -> tuple[np.ndarray, list[float], list[tuple[int, int]]]:
         """Resize each image so its long side is ``imgsz * fill`` and paste it on one shared canvas.
 
         With ``fill`` 1 the image sits top-left; below 1 it sits in the middle of a
-        frame ``1 / fill`` times its size. Returns the batch, each image's scale and
-        its ``(x, y)`` offset on the canvas in pixels.
+        frame ``1 / fill`` times its size. Returns the batch (``uint8 (B, 3, H, W)`` RGB),
+        each image's scale and its ``(x, y)`` offset on the canvas in pixels.
         """
         scales, resized, offsets = [], [], []
         for image in images:
@@ -151,22 +212,28 @@ class FaceDetector:
         for slot, image, (x, y) in zip(batch, resized, offsets):
             slot[y: y + image.shape[0], x: x + image.shape[1]] = image
         batch = np.ascontiguousarray(batch[..., ::-1].transpose(0, 3, 1, 2))  # BGR HWC -> RGB CHW
-        tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        tensor = tensor.half() if self.half else tensor.float()
-        return tensor / 255.0, scales, offsets
+        return batch, scales, offsets
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """``uint8 (B, 3, H, W)`` canvas -> the network's raw output ``float32 (B, 20, A)``."""
+        if self._onnx is not None:
+            return self._onnx(batch.astype(np.float32) / np.float32(255.0))
+        import torch
+
+        with torch.inference_mode():
+            tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            tensor = (tensor.half() if self.half else tensor.float()) / 255.0
+            prediction = self.model(tensor)
+            prediction = prediction[0] if isinstance(prediction, (list, tuple)) else prediction
+            return prediction.float().cpu().numpy()
 
     def _predict(self, images: list[np.ndarray], imgsz: int, fill: float) -> list[np.ndarray]:
         """One pass: per image, NMS-ed rows ``(K, 6 + 15)`` (box, score, class, 5 × (x, y, visibility)),
         best first, in the image's own pixel coordinates."""
-        from ultralytics.utils.nms import non_max_suppression
-
-        tensor, scales, offsets = self._letterbox(images, imgsz, fill)
-        prediction = self.model(tensor) if self._onnx is None else torch.from_numpy(self._onnx(tensor.numpy()))
-        prediction = prediction[0] if isinstance(prediction, (list, tuple)) else prediction
-        kept = non_max_suppression(prediction.float(), self.conf, self.iou, nc=1, max_det=self.max_det)
+        batch, scales, offsets = self._letterbox(images, imgsz, fill)
+        kept = suppress(self._forward(batch), self.conf, self.iou, self.max_det)
         results = []
         for rows, scale, (x, y) in zip(kept, scales, offsets):
-            rows = rows.cpu().numpy().astype(np.float32)
             rows[:, [0, 2]] = (rows[:, [0, 2]] - x) / scale
             rows[:, [1, 3]] = (rows[:, [1, 3]] - y) / scale
             rows[:, 6::3] = (rows[:, 6::3] - x) / scale
@@ -178,7 +245,6 @@ class FaceDetector:
         """Both passes' rows for one image, best first, one box per face (see :func:`one_box_per_face`)."""
         return one_box_per_face(np.concatenate([first, second]), self.iou)[: self.max_det]
 
-    @torch.inference_mode()
     def __call__(self, images: list[np.ndarray], closeups: bool | None = None) -> list[list[Detection]]:
         """Detections for each image of ``images`` (BGR ``uint8 (H, W, 3)``), best first.
 

@@ -51,10 +51,17 @@ def default_embedder() -> Path:
     return weights_dir() / "effb0-arcface.safetensors"
 
 
+#: frames per detector batch when the user gives none (see ``AnnotateSettings.batch_size``)
+GPU_BATCH_SIZE = 8
+CPU_BATCH_SIZE = 2
+
+
 @dataclass
 class AnnotateSettings:
     """User-facing knobs of a run (the CLI options of ``vidface annotate``).
 
+    batch_size: frames per detector batch; ``None``: :data:`GPU_BATCH_SIZE` on a GPU,
+        :data:`CPU_BATCH_SIZE` on the CPU (larger batches gain nothing there and cost memory).
     det_conf: ``None`` takes the detector's calibrated score threshold.
     match_threshold: ``None`` takes the embedder's recommended threshold.
     frame_skip: run the detector on every ``frame_skip + 1``-th frame and
@@ -67,7 +74,7 @@ class AnnotateSettings:
     """
 
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int | None = None
     imgsz: int = 640
     det_conf: float | None = None
     match_threshold: float | None = None
@@ -79,9 +86,10 @@ class AnnotateSettings:
     draw_landmarks: bool = False
     #: video encoder, a key of :data:`vidface.io.CODECS`
     codec: str = "h264"
-    #: inference engine: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU only), or ``"auto"``: ONNX Runtime on
-    #: the CPU when it is installed, PyTorch otherwise (and always on a GPU)
-    backend: str = "torch"
+    #: inference engine (:data:`vidface.onnx_runtime.BACKENDS`): ``"torch"``, ``"onnx"`` (ONNX Runtime),
+    #: ``"openvino"``, ``"openvino-bf16"`` (the last three CPU only), or
+    #: ``"auto"``: the first of :data:`AUTO_ENGINES` installed on the CPU, PyTorch on a GPU
+    backend: str = "auto"
     #: cover faces in the output video: ``None``, ``"unknown"`` (everyone not named) or ``"all"``
     redact: str | None = None
     #: how: ``"blur"`` or ``"pixelate"`` (:func:`vidface.draw.redact_boxes`)
@@ -94,11 +102,13 @@ class AnnotateSettings:
     embedder: Path = field(default_factory=default_embedder)
 
     def resolved(self, models: "Models") -> "AnnotateSettings":
-        """These settings with the thresholds left to the models filled in: the one place where a
-        run's ``det_conf`` and ``match_threshold`` are decided; every stage reads them from here."""
+        """These settings with what was left to the models filled in: the one place where a run's
+        ``det_conf``, ``match_threshold`` and ``batch_size`` are decided; every stage reads them from here."""
         from dataclasses import replace
 
-        return replace(self, det_conf=float(models.detector.conf), match_threshold=models.threshold(self))
+        batch_size = self.batch_size or (GPU_BATCH_SIZE if models.device.startswith("cuda") else CPU_BATCH_SIZE)
+        return replace(self, det_conf=float(models.detector.conf), match_threshold=models.threshold(self),
+                       batch_size=batch_size)
 
     def for_log(self) -> dict:
         """The settings as JSON values (call on :meth:`resolved` settings: the thresholds as run)."""
@@ -110,7 +120,7 @@ class AnnotateSettings:
 def resolve_backend(name: str, device) -> str:
     """``auto`` -> the fastest engine measured on a CPU (``vidface eval backends``) when installed; PyTorch
     on a GPU or when neither is installed."""
-    from .onnx_runtime import BACKENDS, engine_available
+    from .onnx_runtime import BACKENDS, ENGINE_PACKAGES, engine_available
 
     if name == "auto":
         if str(device) != "cpu":
@@ -119,12 +129,12 @@ def resolve_backend(name: str, device) -> str:
     if name not in BACKENDS:
         raise UsageError(f"--backend {name!r}: choose auto, {', '.join(BACKENDS)}")
     if not engine_available(name):
-        raise UsageError(f"--backend {name} is not installed: pip install {'onnxruntime onnx' if name == 'onnx' else name}")
+        raise UsageError(f"--backend {name} is not installed: pip install {ENGINE_PACKAGES[name]}")
     return name
 
 
 #: CPU engines in the order ``--backend auto`` tries them (fastest first, as measured)
-AUTO_ENGINES = ("onnx",)
+AUTO_ENGINES = ("openvino", "onnx")
 
 
 @dataclass
@@ -134,6 +144,8 @@ class Models:
     detector: object
     embedder: object
     device: str
+    #: the inference engine the networks run on (``torch``, ``onnx`` or ``openvino``)
+    backend: str = "torch"
 
     @classmethod
     def load(cls, settings: AnnotateSettings) -> "Models":
@@ -145,7 +157,7 @@ class Models:
         detector = FaceDetector(Path(settings.detector), device, imgsz=settings.imgsz, conf=settings.det_conf,
                                 closeups=settings.closeups, backend=backend)
         embedder = FaceEmbedder(Path(settings.embedder), device, flip=settings.flip_embed, backend=backend)
-        return cls(detector, embedder, str(device))
+        return cls(detector, embedder, str(device), backend)
 
     def threshold(self, settings: AnnotateSettings) -> float:
         if settings.match_threshold is not None:

@@ -412,8 +412,9 @@ def eval_threshold(
     stored = float(json.loads(Path(settings.embedder).with_suffix(".json").read_text())["match_threshold"])
     out.print(f"at the embedder's stored threshold {stored:.3f}: names {scores.named_right(stored):.1%} right, "
               f"rejects {scores.unknown_rejected(stored):.1%} of strangers")
-    if histogram:
-        open_set_histogram(scores, threshold, histogram, title=f"{known.folder.name}: leave-one-out top similarity")
+    if histogram:  # with the threshold the pipeline will use
+        open_set_histogram(scores, threshold if store else stored, histogram,
+                           title=f"{known.folder.name}: leave-one-out top similarity")
         out.print(f"histogram: {histogram}")
     if store:
         out.print(f"stored in {update_embedder_config(settings.embedder, match_threshold=threshold)}")
@@ -470,6 +471,40 @@ def eval_open_set(
     if store:
         cosine = next(r for r in reports if r.rule == "cosine")
         out.print(f"stored in {update_embedder_config(weights, match_threshold=round(cosine.threshold, 3))}")
+
+
+@eval_app.command("peers")
+def eval_peers(
+    video: Path = typer.Argument(..., help="a clip (the same one for both)"),
+    gallery: Path = typer.Option(..., "--gallery", help="vidface's gallery for the run"),
+    peer_python: str = typer.Option(..., "--peer-python", help="the Python of a virtual environment with insightface"),
+    every: int = typer.Option(5, "--every", min=1, help="detect on every N-th frame (vidface: --frame-skip N-1)"),
+    backend: str = BackendOption,
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+) -> None:
+    """Equal work against insightface, each in its own process: wall time, CPU time, peak memory."""
+    import tempfile
+    from dataclasses import asdict
+
+    from .datasets import data_root, require
+    from .evaluation.peers import compare_with_insightface
+
+    scrfd = require(data_root() / "models" / "scrfd_500m_bnkps.onnx", "SCRFD-500M model")
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = compare_with_insightface(video, gallery, peer_python, scrfd,
+                                        Path(scratch), every, extra_args=("--backend", backend))
+    peer, ours = rows
+    table = Table(title=f"{video.name}: detection on every {every}th frame, every face embedded")
+    for column in ("run", "wall s", "CPU s", "peak MiB", "frames", "faces"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.name, f"{row.wall_s:.2f}", f"{row.cpu_s:.2f}", f"{row.peak_mb:.0f}",
+                      str(row.detail.get("frames", "")), str(row.detail.get("faces", "")))
+    out.print(table)
+    out.print(f"vidface / insightface: wall {ours.wall_s / peer.wall_s:.2f}x, CPU {ours.cpu_s / peer.cpu_s:.2f}x, "
+              f"memory {ours.peak_mb / peer.peak_mb:.2f}x")
+    if json_out:
+        write_json_atomic({"video": str(video), "every": every, "rows": [asdict(r) for r in rows]}, json_out)
 
 
 @eval_app.command("backends")

@@ -4,7 +4,8 @@ The same frames of a clip go through the detector and the same face crops
 through the embedder under each engine: PyTorch eager, ONNX Runtime fp32,
 ONNX Runtime int8 (static quantisation, calibrated on training images:
 WIDER training images for the detector, training face crops for the
-embedder; never on evaluation data) and OpenVINO when it is installed.
+embedder; never on evaluation data) and OpenVINO (f32 and bf16) when it is
+installed.
 Speed is frames (or crops) per second after a warm-up; agreement is against
 PyTorch: the share of its faces found again (IoU >= 0.5) and the cosine of
 each embedding to PyTorch's. A benchmark: run it on an idle machine.
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ...structures import box_iou
 
@@ -74,20 +74,21 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
     """Time and check every available engine on ``frames`` frames of ``video`` (see the module docstring)."""
     from ...align import align_face
     from ...detect import FaceDetector
-    from ...embed import FaceEmbedder, crops_to_tensor, file_fingerprint
-    from ...onnx_runtime import FirstOutput, OnnxRunner, OpenVinoRunner, cached_graph
+    from ...embed import FaceEmbedder, crops_to_batch
+    from ...onnx_runtime import OnnxRunner, OpenVinoRunner
 
     images = _frames(video, frames)
-    torch_detector = FaceDetector(settings.detector, "cpu", imgsz=settings.imgsz, closeups=settings.closeups)
-    torch_embedder = FaceEmbedder(settings.embedder, "cpu", flip=settings.flip_embed)
+    batch_size = settings.batch_size or 2
+    torch_detector = FaceDetector(settings.detector, "cpu", imgsz=settings.imgsz, closeups=settings.closeups,
+                                  backend="torch")
+    torch_embedder = FaceEmbedder(settings.embedder, "cpu", flip=settings.flip_embed, backend="torch")
 
     def run_detector(detector):
         found = []
-        with torch.inference_mode():
-            detector(images[:8])  # warm-up
-            started = time.perf_counter()
-            for start in range(0, len(images), settings.batch_size):
-                found += detector(images[start : start + settings.batch_size])
+        detector(images[:8])  # warm-up
+        started = time.perf_counter()
+        for start in range(0, len(images), batch_size):
+            found += detector(images[start : start + batch_size])
         return found, len(images) / (time.perf_counter() - started)
 
     reference_faces, torch_fps = run_detector(torch_detector)
@@ -114,11 +115,13 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
                 matched += int((iou.max(axis=1) >= 0.5).sum())
         return matched / max(total, 1)
 
+    def graph_models():
+        return (FaceDetector(settings.detector, "cpu", imgsz=settings.imgsz, closeups=settings.closeups, backend="onnx"),
+                FaceEmbedder(settings.embedder, "cpu", flip=settings.flip_embed, backend="onnx"))
+
     def check(name: str, detector_runner, embedder_runner, note: str = "") -> None:
-        detector = FaceDetector(settings.detector, "cpu", imgsz=settings.imgsz, closeups=settings.closeups)
-        detector._onnx = detector_runner
-        embedder = FaceEmbedder(settings.embedder, "cpu", flip=settings.flip_embed)
-        embedder._onnx = embedder_runner
+        detector, embedder = graph_models()
+        detector._onnx, embedder._onnx = detector_runner, embedder_runner
         found, fps = run_detector(detector)
         vectors, cps = run_embedder(embedder)
         cosine = float((vectors * reference_vectors).sum(axis=1).min())
@@ -126,19 +129,15 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
         log(f"{name}: detect {fps:.1f} frames/s, embed {cps:.1f} crops/s, faces agree {agreement(found):.3f}, "
             f"embedding cosine >= {cosine:.4f}")
 
-    detector_graph = cached_graph(FirstOutput(torch_detector.model), torch.zeros(1, 3, 320, 320),
-                                  f"detector:{file_fingerprint(Path(settings.detector))}",
-                                  {0: "batch", 2: "height", 3: "width"})
-    size = torch_embedder.config.input_size
-    embedder_graph = cached_graph(torch_embedder.net.float(), torch.zeros(2, 3, size, size),
-                                  f"embedder:{file_fingerprint(Path(settings.embedder))}", {0: "batch"})
+    onnx_detector, onnx_embedder = graph_models()
+    detector_graph, embedder_graph = onnx_detector.graph, onnx_embedder.graph
     check("onnxruntime fp32", OnnxRunner(detector_graph), OnnxRunner(embedder_graph))
     if calibration_images and calibration_crops is not None:
         import cv2
 
-        detector_batches = [torch_detector._letterbox([cv2.imread(str(p))], settings.imgsz)[0].numpy()
+        detector_batches = [torch_detector._letterbox([cv2.imread(str(p))], settings.imgsz)[0].astype(np.float32) / 255
                             for p in calibration_images]
-        embedder_batches = [crops_to_tensor(calibration_crops[i : i + 32], torch_embedder.config).numpy()
+        embedder_batches = [crops_to_batch(calibration_crops[i : i + 32], torch_embedder.config)
                             for i in range(0, len(calibration_crops), 32)]
         check("onnxruntime int8 (static)",
               OnnxRunner(quantised_graph(detector_graph, detector_batches, "detector")),
@@ -149,5 +148,7 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
     if importlib.util.find_spec("openvino") is None:
         rows.append(EngineRow("openvino", None, None, None, None, "not installed"))
     else:
-        check("openvino", OpenVinoRunner(detector_graph), OpenVinoRunner(embedder_graph))
+        check("openvino f32", OpenVinoRunner(detector_graph), OpenVinoRunner(embedder_graph))
+        check("openvino bf16", OpenVinoRunner(detector_graph, precision="bf16"),
+              OpenVinoRunner(embedder_graph, precision="bf16"), note="OpenVINO's own choice on a CPU with BF16")
     return rows

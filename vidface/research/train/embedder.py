@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..datasets import data_root
-from ...embed import EmbedderConfig, EmbedderNet, crops_to_tensor, save_embedder, update_embedder_config
+from ...embed import EmbedderConfig, update_embedder_config
+from ...embed_net import EmbedderNet, crops_to_tensor, save_embedder
 
 
 @dataclass
