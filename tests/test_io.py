@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import make_video, set_display_rotation_clockwise_90
-from vidface.errors import InputError
+from vidface.errors import InputError, OutputError
 from vidface.io import AnnotatedVideoWriter, VideoReader, probe_video
 
 
@@ -42,6 +42,36 @@ def test_writer_keeps_frame_count_fps_and_audio(tmp_path):
     info = probe_video(target)
     assert (info.frames, info.fps, info.has_audio) == (20, 10, True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]  # no temporary left
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_encoder_frames_keep_their_order_in_the_encoder_thread_or_not(tmp_path, background):
+    target = tmp_path / "out.mp4"
+    writer = AnnotatedVideoWriter(target, 10, 64, 48, background=background)
+    for index in range(30):  # more frames than the queue holds
+        writer.write(np.full((48, 64, 3), index * 8, np.uint8))
+    writer.finish()
+    with VideoReader(target) as reader:
+        levels = [float(frame.image.mean()) for frame in reader]
+    assert len(levels) == 30
+    assert np.all(np.diff(levels) > 0), "in the order written"
+    assert np.allclose(levels, [index * 8 for index in range(30)], atol=6)
+
+
+def test_an_encoder_error_in_its_thread_reaches_the_caller_and_leaves_nothing(tmp_path, monkeypatch):
+    writer = AnnotatedVideoWriter(tmp_path / "out.mp4", 10, 32, 32)
+
+    def disk_full(image, time_s):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer, "_encode", disk_full)
+    writer.write(np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(OutputError, match="No space left"):
+        for _ in range(100):  # the error surfaces at a later write, or at the latest when finishing
+            writer.write(np.zeros((32, 32, 3), np.uint8))
+        writer.finish()
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_aborted_writer_leaves_nothing(tmp_path):

@@ -68,7 +68,7 @@ def run_bench(path: Path, gallery_folder: Path | None, settings) -> dict:
             stage("detect", times.detect),
             stage("align+embed", times.embed),
             stage("cuts+track+draw", times.track_draw),
-            stage("encode (+audio)", times.encode),
+            stage("waiting for the encoder thread (+audio)", times.encode),
             stage("end to end", result.seconds),
         ],
         "end_to_end_fps": round(end_to_end_fps, 2),

@@ -313,6 +313,8 @@ CODECS = {
 }
 #: the timestamps written are in these units (seconds)
 _TIME_BASE = Fraction(1, 90000)
+#: frames waiting for the encoder thread; bounds memory when encoding is the slow stage
+ENCODE_QUEUE = 8
 
 
 class AnnotatedVideoWriter:
@@ -320,10 +322,15 @@ class AnnotatedVideoWriter:
 
     codec: a key of :data:`CODECS`. Frames carry their own times when given
     (``write(image, time_s)``), else ``index / fps``. Odd frame sizes are
-    padded by one pixel (4:2:0 chroma needs even sizes).
+    padded by one pixel (4:2:0 chroma needs even sizes). background: encode in
+    a thread of its own (FFmpeg works without the GIL), so encoding overlaps
+    detection; ``write`` waits only when :data:`ENCODE_QUEUE` frames are pending,
+    and an encoder error is raised by the next ``write`` or by ``finish``. The
+    images written must not be changed afterwards.
     """
 
-    def __init__(self, path: Path, fps: float, width: int, height: int, codec: str = "h264"):
+    def __init__(self, path: Path, fps: float, width: int, height: int, codec: str = "h264",
+                 background: bool = True):
         import av
 
         if codec not in CODECS:
@@ -346,12 +353,48 @@ class AnnotatedVideoWriter:
             raise OutputError(f"cannot write video to {self.path.parent} ({codec}: {error})") from None
         self.frames_written = 0
         self._last_pts = -1
+        self._error: BaseException | None = None
+        self._aborted = False
+        self._pending: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._pending = queue.Queue(maxsize=ENCODE_QUEUE)
+            self._thread = threading.Thread(target=self._encode_pending, name="vidface-encode", daemon=True)
+            self._thread.start()
 
     def write(self, image: np.ndarray, time_s: float | None = None) -> None:
+        self._raise_encoder_error()
+        if self._pending is None:
+            self._encode_or_fail(image, time_s)
+        else:
+            self._pending.put((image, time_s))
+
+    def _encode_or_fail(self, image: np.ndarray, time_s: float | None) -> None:
         try:
             self._encode(image, time_s)
         except OSError as error:  # PyAV's errors are OSErrors: the disk is full or the file went away
             raise OutputError(f"cannot write video {self.path}: {error.strerror or error}") from None
+
+    def _encode_pending(self) -> None:
+        """The encoder thread: frames in order until the ``None`` that :meth:`_drain` sends."""
+        while (item := self._pending.get()) is not None:
+            if self._error is None and not self._aborted:
+                try:
+                    self._encode_or_fail(*item)
+                except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+                    self._error = error
+
+    def _raise_encoder_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _drain(self) -> None:
+        """Wait for the encoder thread to finish what is pending, then stop it."""
+        if self._thread is not None:
+            self._pending.put(None)
+            self._thread.join()
+            self._thread = None
 
     def _encode(self, image: np.ndarray, time_s: float | None) -> None:
         import av
@@ -370,6 +413,8 @@ class AnnotatedVideoWriter:
 
     def finish(self, audio_source: Path | None = None) -> Path:
         """Close the video, mux in ``audio_source``'s first audio stream, and rename into place."""
+        self._drain()
+        self._raise_encoder_error()
         try:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
@@ -390,6 +435,8 @@ class AnnotatedVideoWriter:
         return self.path
 
     def abort(self) -> None:
+        self._aborted = True
+        self._drain()
         try:
             self._container.close()
         except Exception:  # noqa: BLE001 - a container that failed half-way is thrown away anyway

@@ -173,7 +173,7 @@ class StageTimes:
     detect: float = 0.0
     embed: float = 0.0
     track_draw: float = 0.0
-    encode: float = 0.0
+    encode: float = 0.0  # waiting for the encoder thread, and the audio mux at the end
 
 
 @dataclass

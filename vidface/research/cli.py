@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..cli_options import (BackendOption, CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption,
-                           FlipOption, FrameSkipOption, MatchThresholdOption)
+                           FlipOption, FrameSkipOption, ImgszOption, MatchThresholdOption)
 from ..errors import GalleryError
 from ..files import write_json_atomic
 
@@ -352,6 +352,7 @@ def eval_videofaceid(
     det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = MatchThresholdOption,
     frame_skip: int = FrameSkipOption,
+    imgsz: int = ImgszOption,
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
     backend: str = BackendOption,
@@ -364,8 +365,8 @@ def eval_videofaceid(
     from ..pipeline import AnnotateSettings
 
     settings = AnnotateSettings(device=device, det_conf=det_conf, match_threshold=match_threshold,
-                                frame_skip=frame_skip, closeups=closeups, flip_embed=flip_embed, backend=backend,
-                                write_video=False, **values)
+                                frame_skip=frame_skip, imgsz=imgsz, closeups=closeups, flip_embed=flip_embed,
+                                backend=backend, write_video=False, **values)
     report = evaluate_clips(settings)
     table = Table(title="videofaceid: truth boxes found (IoU >= 0.3), named right or wrong, unknowns rejected")
     for column in ("clip", "truth boxes", "found", "named right", "named wrong", "unknown rejected",
