@@ -20,7 +20,7 @@ from vidface.pipeline import AnnotateSettings, Models, annotate
 CLIPS = ["christian_bale1_fin_s", "jackie_chan2_fin_m", "other2_fin_s"]
 #: Bars the shipped weights reach on these clips, with a small margin (measured: see the README).
 MIN_FOUND = 0.97
-MIN_NAMED_RIGHT = 0.95
+MIN_NAMED_RIGHT = 0.90
 MAX_NAMED_WRONG = 0.01
 MIN_UNKNOWN_REJECTED = 0.95
 

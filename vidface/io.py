@@ -314,7 +314,7 @@ CODECS = {
 #: the timestamps written are in these units (seconds)
 _TIME_BASE = Fraction(1, 90000)
 #: frames waiting for the encoder thread; bounds memory when encoding is the slow stage
-ENCODE_QUEUE = 8
+ENCODE_QUEUE = 4
 
 
 class AnnotatedVideoWriter:

@@ -529,7 +529,7 @@ def annotate(
         if progress:
             progress(done, info.frames)
 
-    reader = VideoReader(input_path, queue_size=max(16, 2 * settings.batch_size))
+    reader = VideoReader(input_path, queue_size=max(8, 2 * settings.batch_size))
     try:
         frames_done = run_frames(reader, processor, sinks, settings.batch_size, lookahead=lookahead_frames(settings),
                                  on_batch=on_batch)
