@@ -81,6 +81,24 @@ def test_teacher_landmarks_go_to_the_best_overlapping_truth_box():
     np.testing.assert_array_equal(label.landmarks[1], points[0])
 
 
+def test_teacher_faces_no_human_box_overlaps_become_extra_positives():
+    record = WiderImage(None, "x.jpg", np.array([[0, 0, 40, 40], [200, 0, 240, 40]], np.float32),
+                        np.array([False, True]))
+    points = np.arange(40, dtype=np.float32).reshape(4, 5, 2)
+    taught = TeacherOutput(np.array([[1, 1, 41, 41],        # the human face: its landmarks, not an extra box
+                                     [205, 2, 242, 40],     # an invalid human box: never an extra positive
+                                     [300, 100, 340, 140],  # unlabelled and confident: an extra positive
+                                     [100, 100, 140, 140]], np.float32),  # unlabelled but unsure: left out
+                           np.array([0.95, 0.95, 0.9, 0.7], np.float32), points)
+    label = label_image(np.zeros((200, 400, 3), np.uint8), record, lambda image: taught, 4, 0.5, extra_score=0.8)
+    assert label.extra == 1
+    np.testing.assert_array_equal(label.boxes, [[0, 0, 40, 40], [300, 100, 340, 140]])
+    assert list(label.visible) == [True, True]
+    np.testing.assert_array_equal(label.landmarks[1], points[2])
+    plain = label_image(np.zeros((200, 400, 3), np.uint8), record, lambda image: taught, 4, 0.5)
+    assert plain.extra == 0 and len(plain.boxes) == 1
+
+
 def test_invalid_boxes_are_dropped():
     record = WiderImage(None, "x.jpg", np.array([[0, 0, 40, 40], [100, 0, 140, 40]], np.float32), np.array([True, False]))
     empty = TeacherOutput(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))

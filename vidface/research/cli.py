@@ -46,12 +46,17 @@ def data_widerface(
     teacher: str = typer.Option("yunet", "--teacher", help="landmark teacher: yunet, scrfd or centerface"),
     teacher_conf: float = typer.Option(0.6, "--teacher-conf"),
     holdout: int = typer.Option(50, "--holdout", help="val-train images kept aside for the trainer's validation"),
+    teacher_positives: Optional[float] = typer.Option(
+        None, "--teacher-positives", min=0.0, max=1.0,
+        help="also train on the teacher's faces scored at least this (and --teacher-conf) that no human box "
+             "overlaps"),
     preview: Optional[Path] = typer.Option(None, "--preview", help="also draw a few labelled images into this PNG"),
 ) -> None:
     """WIDER FACE training splits -> YOLO-pose data set, five landmarks from a teacher."""
     from .train.widerface_data import build_pose_dataset, draw_label_preview
 
-    yaml_path = build_pose_dataset(out_dir, _teacher(teacher, teacher_conf), holdout=holdout)
+    yaml_path = build_pose_dataset(out_dir, _teacher(teacher, teacher_conf), holdout=holdout,
+                                   extra_score=teacher_positives)
     out.print(f"data set: {yaml_path}  {json.loads((out_dir / 'stats.json').read_text())}")
     if preview:
         out.print(f"preview: {draw_label_preview(out_dir, preview)}")

@@ -4,8 +4,10 @@ Human boxes are kept as they are; five landmarks come from a teacher detector
 matched to each box by IoU. A box with no confident teacher match keeps its
 box and gets landmarks marked not visible (``v = 0``), so it still teaches
 the box head but not the keypoint head. Boxes flagged ``invalid`` in WIDER are
-dropped. Only the training splits are read (``train-subset``, ``val-train``);
-``val-eval`` is never touched here.
+dropped. Where the human labels are thin, the teacher's confident faces that
+overlap no human box at all (invalid ones included) can be added as extra
+positives (``extra_score``). Only the training splits are read
+(``train-subset``, ``val-train``); ``val-eval`` is never touched here.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ class PoseLabel:
     boxes: np.ndarray
     landmarks: np.ndarray
     visible: np.ndarray
+    #: how many of the rows are the teacher's extra positives (the last ones)
+    extra: int = 0
+
+
+#: a teacher face counts as unlabelled when it overlaps every human box by less than this IoU
+UNLABELLED_IOU = 0.1
 
 
 def training_images(root: Path | None = None) -> list[WiderImage]:
@@ -42,7 +50,10 @@ def training_images(root: Path | None = None) -> list[WiderImage]:
     return train + val_train
 
 
-def label_image(image: np.ndarray, record: WiderImage, teacher, min_face: float, match_iou: float) -> PoseLabel:
+def label_image(image: np.ndarray, record: WiderImage, teacher, min_face: float, match_iou: float,
+                extra_score: float | None = None) -> PoseLabel:
+    """Human boxes with the teacher's landmarks; with ``extra_score``, also the teacher's faces scored at
+    least that which no human box (valid or not) overlaps, of ``min_face`` pixels or more."""
     keep = ~record.invalid
     boxes = record.boxes[keep]
     sizes = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
@@ -63,7 +74,16 @@ def label_image(image: np.ndarray, record: WiderImage, teacher, min_face: float,
             landmarks[truth_index] = taught.landmarks[teacher_index]
             visible[truth_index] = True
             teacher_used[teacher_index] = True
-    return PoseLabel(boxes, landmarks, visible)
+    if extra_score is None or len(taught.boxes) == 0:
+        return PoseLabel(boxes, landmarks, visible)
+    unlabelled = np.ones(len(taught.boxes), bool)
+    if len(record.boxes):
+        unlabelled = box_iou(taught.boxes, record.boxes).max(axis=1) < UNLABELLED_IOU
+    sides = np.minimum(taught.boxes[:, 2] - taught.boxes[:, 0], taught.boxes[:, 3] - taught.boxes[:, 1])
+    extra = unlabelled & (taught.scores >= extra_score) & (sides >= min_face)
+    return PoseLabel(np.concatenate([boxes, taught.boxes[extra]]).astype(np.float32),
+                     np.concatenate([landmarks, taught.landmarks[extra]]).astype(np.float32),
+                     np.concatenate([visible, np.ones(int(extra.sum()), bool)]), int(extra.sum()))
 
 
 def pose_label_lines(label: PoseLabel, width: int, height: int) -> list[str]:
@@ -101,17 +121,20 @@ def build_pose_dataset(
     match_iou: float = 0.5,
     seed: int = 0,
     root: Path | None = None,
+    extra_score: float | None = None,
 ) -> Path:
     """Write the data set under ``out_dir`` and return its ``data.yaml``.
 
     holdout: images of ``val-train`` set aside as the trainer's own validation
     split (for checkpoint selection); WIDER's ``val-eval`` stays untouched.
+    extra_score: add the teacher's unlabelled faces scored at least this to the
+    training split (never to the hold-out, which stays human-labelled).
     """
     records = training_images(root)
     val_train = [r for r in records if "/" in r.name]
     random.Random(seed).shuffle(val_train)
     held_out = {r.name for r in val_train[:holdout]}
-    stats = {"images": 0, "faces": 0, "faces_with_landmarks": 0}
+    stats = {"images": 0, "faces": 0, "faces_with_landmarks": 0, "teacher_positives": 0}
     for split in ("train", "val"):
         (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
         (out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
@@ -119,8 +142,9 @@ def build_pose_dataset(
         image = cv2.imread(str(record.path))
         if image is None:
             continue
-        label = label_image(image, record, teacher, min_face, match_iou)
         split = "val" if record.name in held_out else "train"
+        label = label_image(image, record, teacher, min_face, match_iou, extra_score if split == "train" else None)
+        stats["teacher_positives"] += label.extra
         stem = record.name.replace("/", "__").rsplit(".", 1)[0]
         link = out_dir / "images" / split / f"{stem}.jpg"
         if link.is_symlink() or link.exists():
