@@ -137,17 +137,15 @@ class FaceDetector:
         if conf is None:
             conf = float(self.metadata.get("det_conf", DEFAULT_CONF))
         self.backend = backend
-        self._onnx, self.model = None, None
+        # self.graph: the ONNX file the CPU engines run (None with PyTorch)
+        self._onnx, self.model, self.graph = None, None, None
         if backend != "torch":
             from .embed import file_fingerprint
-            from .onnx_runtime import cached_graph, runner_for
+            from .onnx_runtime import graph_runner
 
-            if str(device) != "cpu":
-                raise ModelError(f"--backend {backend} runs on the CPU; use --device cpu (or --backend torch on a GPU)")
+            self._onnx, self.graph = graph_runner(backend, device, f"detector:{file_fingerprint(self.weights_path)}",
+                                                  self._network_for_export, {0: "batch", 2: "height", 3: "width"})
             self.device, self.half = "cpu", False
-            graph = cached_graph(f"detector:{file_fingerprint(self.weights_path)}", self._network_for_export,
-                                 {0: "batch", 2: "height", 3: "width"})
-            self._onnx, self.graph = runner_for(backend, graph), graph
         else:
             import torch
 

@@ -118,13 +118,11 @@ class FaceEmbedder:
                 raise ModelError(f"embedder config {config_path_for(self.weights_path)}: centre has "
                                  f"{len(self.config.centre)} values, embeddings have {self.dim}")
             self._centre = np.asarray(self.config.centre, np.float32)
-        self._onnx, self.net = None, None
+        # self.graph: the ONNX file the CPU engines run (None with PyTorch)
+        self._onnx, self.net, self.graph = None, None, None
         if backend != "torch":
-            from .onnx_runtime import cached_graph, runner_for
+            from .onnx_runtime import graph_runner
 
-            if str(device) != "cpu":
-                raise ModelError(f"--backend {backend} runs on the CPU; use --device cpu (or --backend torch on a GPU)")
-            self.device, self.half = "cpu", False
             size = self.config.input_size
 
             def network():
@@ -134,8 +132,9 @@ class FaceEmbedder:
 
                 return load_embedder_net(self.weights_path)[0].eval().float(), torch.zeros(2, 3, size, size)
 
-            graph = cached_graph(f"embedder:{file_fingerprint(self.weights_path)}", network, {0: "batch"})
-            self._onnx, self.graph = runner_for(backend, graph), graph
+            self._onnx, self.graph = graph_runner(backend, device, f"embedder:{file_fingerprint(self.weights_path)}",
+                                                  network, {0: "batch"})
+            self.device, self.half = "cpu", False
         else:
             import torch
 

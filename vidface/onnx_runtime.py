@@ -27,7 +27,6 @@ EXPORT_VERSION = "2"
 #: OpenVINO compute in bfloat16 (about twice as fast on CPUs with AVX-512 BF16 or AMX; a few detections
 #: near the score threshold come out differently, see ``OpenVinoRunner``)
 BACKENDS = ("torch", "onnx", "openvino", "openvino-bf16")
-GRAPH_ENGINES = BACKENDS[1:]
 #: the Python package each engine needs
 ENGINE_PACKAGES = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
 
@@ -40,7 +39,7 @@ def engine_available(name: str) -> bool:
 
 
 def runner_for(engine: str, graph: Path):
-    """The CPU runner of ``graph`` for ``engine`` (one of :data:`GRAPH_ENGINES`)."""
+    """The CPU runner of ``graph`` for ``engine`` (any of :data:`BACKENDS` but ``torch``)."""
     if engine.startswith("openvino"):
         return OpenVinoRunner(graph, precision="bf16" if engine == "openvino-bf16" else "f32")
     return OnnxRunner(graph)
@@ -84,6 +83,15 @@ def cached_graph(key: str, network: Callable[[], tuple], dynamic: dict[int, str]
     except (ImportError, RuntimeError, torch.onnx.OnnxExporterError) as error:
         raise ModelError(f"cannot export the model to ONNX ({error}); use --backend torch") from None
     return path
+
+
+def graph_runner(engine: str, device, key: str, network: Callable[[], tuple], dynamic: dict[int, str]) -> tuple:
+    """``(runner, graph path)`` for a network run on ``engine``: the graph cached for ``key`` (exported by
+    ``network()`` at first use, see :func:`cached_graph`). These engines run on the CPU only."""
+    if str(device) != "cpu":
+        raise ModelError(f"--backend {engine} runs on the CPU; use --device cpu (or --backend torch on a GPU)")
+    graph = cached_graph(key, network, dynamic)
+    return runner_for(engine, graph), graph
 
 
 class OnnxRunner:

@@ -144,8 +144,6 @@ class Models:
     detector: object
     embedder: object
     device: str
-    #: the inference engine the networks run on (``torch``, ``onnx`` or ``openvino``)
-    backend: str = "torch"
 
     @classmethod
     def load(cls, settings: AnnotateSettings) -> "Models":
@@ -157,7 +155,7 @@ class Models:
         detector = FaceDetector(Path(settings.detector), device, imgsz=settings.imgsz, conf=settings.det_conf,
                                 closeups=settings.closeups, backend=backend)
         embedder = FaceEmbedder(Path(settings.embedder), device, flip=settings.flip_embed, backend=backend)
-        return cls(detector, embedder, str(device), backend)
+        return cls(detector, embedder, str(device))
 
     def threshold(self, settings: AnnotateSettings) -> float:
         if settings.match_threshold is not None:

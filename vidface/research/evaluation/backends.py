@@ -115,23 +115,22 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
                 matched += int((iou.max(axis=1) >= 0.5).sum())
         return matched / max(total, 1)
 
-    def graph_models():
-        return (FaceDetector(settings.detector, "cpu", imgsz=settings.imgsz, closeups=settings.closeups, backend="onnx"),
-                FaceEmbedder(settings.embedder, "cpu", flip=settings.flip_embed, backend="onnx"))
+    # one detector and one embedder on the exported graphs; each check swaps in the runner it times
+    graph_detector = FaceDetector(settings.detector, "cpu", imgsz=settings.imgsz, closeups=settings.closeups,
+                                  backend="onnx")
+    graph_embedder = FaceEmbedder(settings.embedder, "cpu", flip=settings.flip_embed, backend="onnx")
+    detector_graph, embedder_graph = graph_detector.graph, graph_embedder.graph
 
     def check(name: str, detector_runner, embedder_runner, note: str = "") -> None:
-        detector, embedder = graph_models()
-        detector._onnx, embedder._onnx = detector_runner, embedder_runner
-        found, fps = run_detector(detector)
-        vectors, cps = run_embedder(embedder)
+        graph_detector._onnx, graph_embedder._onnx = detector_runner, embedder_runner
+        found, fps = run_detector(graph_detector)
+        vectors, cps = run_embedder(graph_embedder)
         cosine = float((vectors * reference_vectors).sum(axis=1).min())
         rows.append(EngineRow(name, round(fps, 1), round(cps, 1), round(agreement(found), 4), round(cosine, 4), note))
         log(f"{name}: detect {fps:.1f} frames/s, embed {cps:.1f} crops/s, faces agree {agreement(found):.3f}, "
             f"embedding cosine >= {cosine:.4f}")
 
-    onnx_detector, onnx_embedder = graph_models()
-    detector_graph, embedder_graph = onnx_detector.graph, onnx_embedder.graph
-    check("onnxruntime fp32", OnnxRunner(detector_graph), OnnxRunner(embedder_graph))
+    check("onnxruntime fp32", graph_detector._onnx, graph_embedder._onnx)
     if calibration_images and calibration_crops is not None:
         import cv2
 
