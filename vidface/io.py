@@ -423,13 +423,10 @@ class AnnotatedVideoWriter:
             raise OutputError(f"cannot write video {self.path}: {error.strerror or error}") from None
         muxed = temporary_sibling(self.path, "mux")
         try:
-            if audio_source is not None and mux_audio(self._video_only, Path(audio_source), muxed):
-                os.replace(muxed, self.path)
-                self._video_only.unlink(missing_ok=True)
-            else:
+            if audio_source is None or not mux_audio(self._video_only, Path(audio_source), muxed):
                 _faststart_copy(self._video_only, muxed)
-                os.replace(muxed, self.path)
-                self._video_only.unlink(missing_ok=True)
+            os.replace(muxed, self.path)
+            self._video_only.unlink(missing_ok=True)
         finally:
             muxed.unlink(missing_ok=True)
         return self.path
