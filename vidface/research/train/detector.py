@@ -54,7 +54,9 @@ def train_detector(
     last = run_dir / "weights" / "last.pt"
     if resume and last.exists():
         model = ultralytics.YOLO(str(last))
-        model.train(resume=True, device=device, workers=workers)
+        # the path, not True: ultralytics then takes the data set from the checkpoint and accepts one kept
+        # without its optimizer state (moments start afresh; weights, EMA and schedule position are kept)
+        model.train(resume=str(last), device=device, workers=workers)
     else:
         model = ultralytics.YOLO(str(init) if init else "yolov8n-pose.yaml")
         settings = asdict(recipe)
