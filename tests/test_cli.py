@@ -287,3 +287,4 @@ def test_annotate_and_bench_print_json_on_stdout_and_people_text_on_stderr(tmp_p
     assert {row["stage"] for row in report["stages"]} >= {"decode (alone)", "detect", "align+embed", "end to end"}
     assert report["threads"] >= 1 and report["peak_memory_mb"] > 0 and report["startup_s"] > 0
     assert report["end_to_end_fps"] > 0 and report["slowdown_vs_decode"] > 0
+    assert 0 <= report["faces_embedded"] <= report["faces_detected"]

@@ -64,21 +64,31 @@ def test_both_passes_map_back_to_image_pixels_and_merge_into_one_face(detector, 
     assert merged[0].landmarks[2] == pytest.approx([x1 + 0.5 * (x2 - x1), y1 + 0.6 * (y2 - y1)], abs=tolerance)
 
 
+class SmallFacesOnly(BrightSquareNetwork):
+    """Finds a square only when it is at most 100 px on the canvas, like a network that saw small faces."""
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        out[:, 4] = torch.where(out[:, 2].maximum(out[:, 3]) <= 100, out[:, 4], torch.zeros_like(out[:, 4]))
+        return out
+
+
 def test_close_up_pass_finds_faces_the_full_size_pass_misses(detector):
-    class SmallFacesOnly(BrightSquareNetwork):
-        """Finds a square only when it is at most 100 px on the canvas, like a network that saw small faces."""
-
-        def forward(self, batch):
-            out = super().forward(batch)
-            out[:, 4] = torch.where(out[:, 2].maximum(out[:, 3]) <= 100, out[:, 4], torch.zeros_like(out[:, 4]))
-            return out
-
     detector.model = SmallFacesOnly()
     image = square_image((170, 90, 470, 390))
     assert detector([image])[0] == []
     detector.closeups = True
     found = detector([image])[0]
     assert len(found) == 1 and found[0].score == pytest.approx(0.9)
+
+
+def test_close_up_pass_can_be_chosen_per_image(detector):
+    detector.model = SmallFacesOnly()
+    close_up, small = square_image((170, 90, 470, 390)), square_image((10, 10, 60, 60))
+    found = detector([close_up, close_up, small], closeups=[True, False, np.bool_(False)])
+    assert [len(faces) for faces in found] == [1, 0, 1]
+    with pytest.raises(ValueError, match="2 close-up flags for 3 images"):
+        detector([close_up, close_up, small], closeups=[True, False])
 
 
 def test_cache_key_changes_with_the_close_up_pass(detector):

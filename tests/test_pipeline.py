@@ -62,6 +62,28 @@ def test_frame_skip_detects_every_n_plus_one_frames_and_carries_between(setup, t
     assert track["identity"] == "Square"
 
 
+def test_embed_every_few_passes_embeds_fewer_faces_and_keeps_the_name(setup, tmp_path):
+    video, models, gallery = setup
+
+    class CountingEmbedder:
+        def __init__(self, inner):
+            self.inner, self.crops = inner, 0
+            self.dim, self.flip, self.weights_path = inner.dim, inner.flip, inner.weights_path
+
+        def __call__(self, crops):
+            self.crops += len(crops)
+            return self.inner(crops)
+
+    counting = CountingEmbedder(models.embedder)
+    settings = AnnotateSettings(match_threshold=0.99, batch_size=3, embed_every=4)
+    result = annotate(video, gallery, None, tmp_path / "out.json", settings, Models(models.detector, counting, "cpu"))
+    track, = result.document["tracks"]
+    assert track["identity"] == "Square" and len(track["detections"]) == 20
+    embedded = [d["frame"] for d in track["detections"] if d["similarity"] is not None]
+    assert counting.crops == len(embedded) < 10, embedded
+    assert embedded[:2] == [0, 1], "a new track is embedded until it is confirmed"
+
+
 def test_stranger_is_unknown_with_a_stable_id(setup, tmp_path):
     video, models, gallery = setup
     settings = AnnotateSettings(match_threshold=1.01)  # nobody can reach it
@@ -91,16 +113,18 @@ def write_two_shot_clip(path, frames_per_shot=10, size=(160, 120), fps=10):
     return path
 
 
-@pytest.mark.parametrize("frame_skip", [0, 3])
-def test_no_track_and_no_name_crosses_a_shot_cut(setup, tmp_path, frame_skip):
+@pytest.mark.parametrize("frame_skip, embed_every", [(0, 1), (3, 1), (0, 4)])
+def test_no_track_and_no_name_crosses_a_shot_cut(setup, tmp_path, frame_skip, embed_every):
     _, models, gallery = setup
     clip = write_two_shot_clip(tmp_path / "cut.mp4")
-    settings = AnnotateSettings(match_threshold=-1.0, frame_skip=frame_skip, batch_size=4)  # everyone is named
+    settings = AnnotateSettings(match_threshold=-1.0, frame_skip=frame_skip, embed_every=embed_every,
+                                batch_size=4)  # everyone is named
     result = annotate(clip, gallery, tmp_path / "cut.vidface.mp4", tmp_path / "cut.json", settings, models)
     tracks = result.document["tracks"]
     assert len(tracks) == 2
     assert all(t["last_frame"] < 10 or t["first_frame"] >= 10 for t in tracks), "a track crosses the cut"
     assert tracks[1]["first_frame"] == 10, "the first frame of a new shot is detected"
+    assert all(t["identity"] is not None for t in tracks), "each shot's first face is embedded and named"
     # both faces sit in the same box; only the cut tells them apart, and each gets its own name decision
     assert tracks[0]["track_id"] != tracks[1]["track_id"]
 
@@ -150,3 +174,48 @@ def test_the_annotated_video_is_h264_with_the_input_frames(setup, tmp_path):
         assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
         assert sum(1 for _ in container.decode(video=0)) == 20
         assert container.streams.audio, "the input's audio is kept"
+
+
+class RecordingDetector:
+    """One face of ``height`` (share of the frame) in the middle of each image; records the close-up flags."""
+
+    def __init__(self, inner, height):
+        self.inner, self.height, self.flags = inner, height, []
+        self.weights_path, self.conf, self.calls = inner.weights_path, inner.conf, 0
+        self.settings_key = self.photo_settings_key = f"recording-{height}"
+
+    def __call__(self, images, closeups=None):
+        from vidface.structures import Detection
+
+        self.flags += [closeups] * len(images) if isinstance(closeups, bool) else list(closeups)
+        found = []
+        for image in images:
+            h, w = image.shape[:2]
+            half = self.height * h / 2
+            found.append([Detection(np.array([w / 2 - half, h / 2 - half, w / 2 + half, h / 2 + half], np.float32),
+                                    0.9, None)])
+        return found
+
+
+# the first batch (4 frames) is planned before any track exists; then a large face keeps the pass on
+@pytest.mark.parametrize("height, expected", [(0.1, [True, False, False] * 6 + [True, False]),
+                                              (0.5, [True, False, False, True] + [True] * 16)])
+def test_the_closeup_pass_runs_every_few_passes_unless_a_face_is_large(setup, tmp_path, height, expected):
+    video, models, gallery = setup
+    detector = RecordingDetector(models.detector, height)
+    settings = AnnotateSettings(match_threshold=0.99, batch_size=4, closeup_every=3, write_video=False)
+    annotate(video, gallery, None, tmp_path / "out.json", settings, Models(detector, models.embedder, "cpu"))
+    assert detector.flags == expected
+
+
+def test_the_closeup_pass_runs_on_the_first_pass_of_each_shot(setup, tmp_path):
+    _, models, gallery = setup
+    detector = RecordingDetector(models.detector, 0.1)
+    clip = write_two_shot_clip(tmp_path / "cut.mp4")
+    settings = AnnotateSettings(match_threshold=0.99, batch_size=4, closeup_every=4, write_video=False)
+    annotate(clip, gallery, None, tmp_path / "out.json", settings, Models(detector, models.embedder, "cpu"))
+    assert [index for index, flag in enumerate(detector.flags) if flag] == [0, 4, 8, 10, 14, 18]
+    every_pass = RecordingDetector(models.detector, 0.1)
+    annotate(clip, gallery, None, tmp_path / "every.json", AnnotateSettings(match_threshold=0.99, write_video=False),
+             Models(every_pass, models.embedder, "cpu"))
+    assert every_pass.flags == [True] * 20

@@ -156,3 +156,40 @@ def test_tracking_without_gallery_gives_unknown_ids():
     shown = run(tracker, [[face([0, 0, 10, 10], ANN)], [face([0, 0, 10, 10], ANN)]])
     assert shown == [[], ["unknown-1"]]
     assert Match(None, 0.0).identity is None
+
+
+def run_with_planner(tracker, frames):
+    """Like :func:`run`, but a face gets its embedding only when the tracker asks for it; returns
+    the shown ids per frame and which faces were embedded."""
+    shown, embedded = [], []
+    for index, faces in enumerate(frames):
+        needed = tracker.needs_embedding(index, np.stack([f.detection.box for f in faces]))
+        for face, wanted in zip(faces, needed):
+            face.embedding = face.embedding if wanted else None
+        embedded.append(list(needed))
+        tracker.update(index, faces)
+        shown.append([tracker.describe(f).display_id for f in faces if tracker.confirmed(f.track_id)])
+    return shown, embedded
+
+
+def test_a_tracked_face_is_embedded_every_few_passes_and_keeps_its_name():
+    tracker = Tracker(gallery(), threshold=0.5, settings=TrackerSettings(embed_every=3))
+    frames = [[face([100 + 2 * i, 100, 200 + 2 * i, 200], ANN)] for i in range(11)]
+    shown, embedded = run_with_planner(tracker, frames)
+    # passes 1-2 confirm the track; then one pass in three is embedded
+    assert [e[0] for e in embedded] == [True, True, False, False, True, False, False, True, False, False, True]
+    assert all(ids == ["Ann"] for ids in shown[1:]) and len(tracker.tracks) == 1
+
+
+def test_every_face_is_embedded_when_position_alone_could_mix_people_up():
+    settings = TrackerSettings(embed_every=5)
+    tracker = Tracker(gallery(), threshold=0.5, settings=settings)
+    run(tracker, [[face([100, 100, 200, 200], ANN)] for _ in range(3)])
+    boxes = np.array([[100, 100, 200, 200], [130, 100, 230, 200]], np.float32)  # someone steps in beside Ann
+    assert tracker.needs_embedding(3, boxes).tolist() == [True, True]
+    moved = np.array([[400, 100, 500, 200]], np.float32)  # far from where the track predicts her
+    assert tracker.needs_embedding(3, moved).tolist() == [True]
+    assert tracker.needs_embedding(3, boxes[:1]).tolist() == [False]
+    every_pass = Tracker(gallery(), threshold=0.5)
+    run(every_pass, [[face([100, 100, 200, 200], ANN)] for _ in range(3)])
+    assert every_pass.needs_embedding(3, boxes[:1]).tolist() == [True]

@@ -288,3 +288,40 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert [json.loads(line)["epoch"] for line in lines if line.startswith("{")] == [2], "only the missing epoch"
     assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 2
     assert (run / "embedder.safetensors").exists() and json.loads((run / "embedder.json").read_text())["centre"]
+
+    from dataclasses import replace
+
+    lines = []
+    train_embedder(replace(config, head_init="centroids", epochs=1), tmp_path / "next", init=run / "last.ckpt",
+                   log=lines.append)
+    assert lines[:2] == [f"initialised from {run / 'last.ckpt'} (trained 2 epochs there)",
+                         "ArcFace head started from the centroids of 2 people"]
+
+
+def test_arcface_head_can_start_from_each_persons_mean_embedding(tmp_path):
+    import cv2
+
+    from vidface.embed import EmbedderConfig
+    from vidface.embed_net import EmbedderNet, crops_to_tensor
+    from vidface.research.train.embedder import FaceCropDataset, class_centroids
+
+    rng = np.random.default_rng(3)
+    paths, labels = [], [0, 0, 1, -1, 1, 1]
+    for index in range(len(labels)):
+        paths.append(tmp_path / f"{index}.png")
+        cv2.imwrite(str(paths[-1]), rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
+    embed_config = EmbedderConfig(embedding_size=16)
+    dataset = FaceCropDataset(paths, labels, np.zeros((len(labels), 4), np.float32), EmbedderTrainConfig(),
+                              embed_config)
+    torch.manual_seed(0)
+    net = EmbedderNet(embed_config).train()
+    centroids = class_centroids(net, dataset, classes=2, device=torch.device("cpu"), batch_size=4)
+    assert net.training, "the network is handed back in training mode"
+    net.eval()
+    with torch.no_grad():
+        each = torch.nn.functional.normalize(
+            net(crops_to_tensor([cv2.imread(str(p)) for p in paths], embed_config)), dim=1)
+    for person in (0, 1):
+        members = [i for i, label in enumerate(labels) if label == person]
+        expected = torch.nn.functional.normalize(each[members].mean(dim=0), dim=0)
+        torch.testing.assert_close(centroids[person], expected, atol=1e-4, rtol=1e-4)

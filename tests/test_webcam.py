@@ -86,9 +86,9 @@ def test_frame_skip_runs_detector_on_every_sixth_frame(tmp_path, settings, monke
     seen = []
     original = models.detector.__class__.__call__
 
-    def counting(self, images):
+    def counting(self, images, closeups=None):
         seen.append(len(images))
-        return original(self, images)
+        return original(self, images, closeups)
 
     monkeypatch.setattr(models.detector.__class__, "__call__", counting)
     source = make_video(tmp_path / "cam.mp4", frames=40, fps=30)

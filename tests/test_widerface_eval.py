@@ -81,3 +81,18 @@ def test_false_positives_above_true_ones_lower_ap():
 
 def test_voc_ap_of_a_step_curve():
     assert voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 0.5])) == pytest.approx(0.75)
+
+
+def test_operating_point_counts_boxes_on_no_face_and_recall_at_the_score():
+    images, keep = synthetic(count=40, seed=3)
+    predictions = {}
+    for index, image in enumerate(images):
+        true = np.concatenate([image.boxes, np.full((len(image.boxes), 1), 0.8)], axis=1)
+        weak_duplicates = true[:1] + np.array([[2, 2, 2, 2, -0.6]])  # on a face, below the score: ignored
+        hand = np.array([[900, 900, 950, 950, 0.7 if index % 4 == 0 else 0.2]])  # above it in one image in four
+        predictions[image.name] = np.concatenate([true[: len(true) - index % 2], weak_duplicates, hand])
+    point = evaluate_predictions(predictions, images, keep, operating_score=0.5).operating
+    assert point.false_positives_per_image == pytest.approx(0.25)
+    missed = sum(index % 2 for index in range(len(images)))
+    assert point.hard_recall == pytest.approx(1 - missed / sum(len(i.boxes) for i in images))
+    assert evaluate_predictions(predictions, images, keep).operating is None

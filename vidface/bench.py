@@ -59,6 +59,8 @@ def run_bench(path: Path, gallery_folder: Path | None, settings) -> dict:
         "height": info.height,
         "frames": frames,
         "faces_per_frame": round(faces / max(detected_frames, 1), 3),
+        "faces_embedded": times.faces_embedded,
+        "faces_detected": faces,
         "device": models.device,
         "threads": default_threads(),
         "settings": settings.resolved(models).for_log(),

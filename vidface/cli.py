@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .cli_options import (BackendOption, BatchSizeOption, CloseupsOption, CodecOption, DetConfOption, DetectorOption, DeviceOption,
-                          EmbedderOption, FlipOption, FrameSkipOption, GalleryOption, ImgszOption, JsonOption,
+from .cli_options import (BackendOption, BatchSizeOption, CloseupEveryOption, CloseupsOption, CodecOption,
+                          DetConfOption, DetectorOption, DeviceOption, EmbedEveryOption, EmbedderOption, FlipOption,
+                          FrameSkipOption, GalleryOption, ImgszOption, JsonOption,
                           MatchThresholdOption, OverwriteOption, QuietOption, RedactOption, RedactStyleOption,
                           ReportOption, SubtitlesOption, check_redaction)
 from .errors import InputError, UsageError, VidfaceError
@@ -143,6 +144,8 @@ def annotate(
     det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = MatchThresholdOption,
     frame_skip: int = FrameSkipOption,
+    embed_every: Optional[int] = EmbedEveryOption,
+    closeup_every: Optional[int] = CloseupEveryOption,
     no_video: bool = typer.Option(False, "--no-video", help="write only the JSON log"),
     landmarks: bool = typer.Option(False, "--landmarks", help="also draw the five landmarks"),
     codec: str = CodecOption,
@@ -169,7 +172,8 @@ def annotate(
     settings = _settings(device=device, backend=backend, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
                          closeups=closeups, flip_embed=flip_embed, codec=codec, redact=redact,
                          redact_style=redact_style, subtitles=subtitles, report=report,
-                         match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
+                         match_threshold=match_threshold, frame_skip=frame_skip, embed_every=embed_every,
+                         closeup_every=closeup_every, write_video=not no_video,
                          draw_landmarks=landmarks, detector=detector, embedder=embedder)
     info = probe_video(input)
     paths = resolve_outputs(input, output, log, settings.write_video, overwrite, subtitles, report)  # before models
@@ -363,6 +367,8 @@ def bench(
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
     frame_skip: int = FrameSkipOption,
+    embed_every: Optional[int] = EmbedEveryOption,
+    closeup_every: Optional[int] = CloseupEveryOption,
     codec: str = CodecOption,
     as_json: bool = JsonOption,
     detector: Optional[Path] = DetectorOption,
@@ -374,7 +380,8 @@ def bench(
 
     probe_video(input)
     settings = _settings(device=device, backend=backend, batch_size=batch_size, imgsz=imgsz, frame_skip=frame_skip,
-                         closeups=closeups, flip_embed=flip_embed, codec=codec, detector=detector, embedder=embedder)
+                         embed_every=embed_every, closeup_every=closeup_every, closeups=closeups,
+                         flip_embed=flip_embed, codec=codec, detector=detector, embedder=embedder)
     report = run_bench(input, gallery, settings)
     if as_json:
         out.print_json(json.dumps(report))
@@ -385,8 +392,10 @@ def bench(
     for column in ("stage", "seconds", "frames/s"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for row in report["stages"]:
-        table.add_row(row["stage"], f"{row['seconds']:.2f}", f"{row['fps']:.1f}")
+        table.add_row(row["stage"], f"{row['seconds']:.2f}", "-" if row["fps"] is None else f"{row['fps']:.1f}")
     out.print(table)
+    out.print(f"faces: {report['faces_detected']} detected, {report['faces_embedded']} embedded (--embed-every)",
+              markup=False, highlight=False)
     out.print(f"start-up {report['startup_s']:.2f}s, peak memory {report['peak_memory_mb']:.0f} MB, end to end "
               f"{report['end_to_end_fps']:.1f} frames/s = {report['slowdown_vs_decode']:.1f}x decode-only time",
               markup=False, highlight=False)
@@ -399,6 +408,8 @@ def webcam(
     source: Optional[str] = typer.Option(None, "--source", metavar="FILE_OR_URL",
                                          help="a video file or stream URL instead of a camera"),
     frame_skip: int = FrameSkipOption,
+    embed_every: Optional[int] = EmbedEveryOption,
+    closeup_every: Optional[int] = CloseupEveryOption,
     det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = MatchThresholdOption,
     imgsz: int = ImgszOption,
@@ -425,8 +436,9 @@ def webcam(
 
     check_redaction(redact, redact_style)
     origin = parse_source(camera, source)
-    settings = _settings(device=device, backend=backend, frame_skip=frame_skip, det_conf=det_conf,
-                         match_threshold=match_threshold, imgsz=imgsz, closeups=closeups, flip_embed=flip_embed, codec=codec, detector=detector,
+    settings = _settings(device=device, backend=backend, frame_skip=frame_skip, embed_every=embed_every,
+                         closeup_every=closeup_every, det_conf=det_conf, match_threshold=match_threshold,
+                         imgsz=imgsz, closeups=closeups, flip_embed=flip_embed, codec=codec, detector=detector,
                          embedder=embedder, redact=redact, redact_style=redact_style)
     models = Models.load(settings)
     known = _load_gallery(gallery, models)
@@ -464,6 +476,8 @@ def batch(
     det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = MatchThresholdOption,
     frame_skip: int = FrameSkipOption,
+    embed_every: Optional[int] = EmbedEveryOption,
+    closeup_every: Optional[int] = CloseupEveryOption,
     codec: str = CodecOption,
     redact: Optional[str] = RedactOption,
     redact_style: str = RedactStyleOption,
@@ -484,7 +498,8 @@ def batch(
     settings = _settings(device=device, backend=backend, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
                          closeups=closeups, flip_embed=flip_embed, codec=codec, redact=redact,
                          redact_style=redact_style, subtitles=subtitles, report=report,
-                         match_threshold=match_threshold, frame_skip=frame_skip, write_video=not no_video,
+                         match_threshold=match_threshold, frame_skip=frame_skip, embed_every=embed_every,
+                         closeup_every=closeup_every, write_video=not no_video,
                          detector=detector, embedder=embedder)
     display = _BatchDisplay(quiet=quiet or as_json)
     try:

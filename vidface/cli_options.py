@@ -58,6 +58,13 @@ BatchSizeOption = typer.Option(None, "--batch-size", min=1, metavar="FRAMES", sh
 ImgszOption = typer.Option(640, "--imgsz", min=32, metavar="PX", help="detector input size (long side, pixels)")
 FrameSkipOption = typer.Option(0, "--frame-skip", min=0, metavar="N",
                                help="detect every N+1-th frame, carry the tracks over the frames between")
+#: (the defaults of these two live in :class:`vidface.pipeline.AnnotateSettings`)
+EmbedEveryOption = typer.Option(None, "--embed-every", min=1, metavar="PASSES", show_default=False,
+                                help="embed a tracked face every PASSES detector passes; between, a face that stays "
+                                     "where its track predicts it keeps the track (1: embed every face)  [default: 5]")
+CloseupEveryOption = typer.Option(None, "--closeup-every", min=1, metavar="PASSES", show_default=False,
+                                  help="run the close-up pass on each shot's first detector pass, then every PASSES "
+                                       "passes, and on every pass while a tracked face is large  [default: 1]")
 OverwriteOption = typer.Option(False, "--overwrite", help="replace existing outputs")
 QuietOption = typer.Option(False, "--quiet", "-q", help="no progress or summary (errors are still printed)")
 JsonOption = typer.Option(False, "--json", help="print the result as JSON on stdout (human text goes to stderr)")

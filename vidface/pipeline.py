@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
@@ -52,6 +52,9 @@ def default_embedder() -> Path:
 
 
 #: frames per detector batch when the user gives none (see ``AnnotateSettings.batch_size``)
+#: a tracked face this tall (share of the frame's height) keeps the close-up pass on every detector
+#: pass: on the videofaceid clips the faces only that pass found were 30-60 % of the frame's height
+LARGE_FACE = 0.25
 GPU_BATCH_SIZE = 8
 CPU_BATCH_SIZE = 2
 
@@ -68,6 +71,9 @@ class AnnotateSettings:
         carry tracks over the frames between.
     min_face: faces smaller than this (pixels, shorter box side) are ignored.
     closeups: add the detector's close-up pass (see :class:`vidface.detect.FaceDetector`).
+    closeup_every: with ``closeups``, run that pass on the first detector pass of each shot,
+        then every ``closeup_every``-th pass, and on every pass while a tracked face is
+        large (:data:`LARGE_FACE`); 1: on every pass.
     flip_embed: embed each face and its mirror image and average the two
         (see :class:`vidface.embed.FaceEmbedder`); the stored ``match_threshold``
         is calibrated this way.
@@ -79,8 +85,13 @@ class AnnotateSettings:
     det_conf: float | None = None
     match_threshold: float | None = None
     frame_skip: int = 0
+    #: embed a tracked face on every ``embed_every``-th detector pass only (1: every pass); between,
+    #: a face that stays where its confirmed track predicts it is joined on position
+    #: (:meth:`vidface.track.Tracker.needs_embedding`)
+    embed_every: int = 5
     min_face: float = 12.0
     closeups: bool = True
+    closeup_every: int = 1
     flip_embed: bool = True
     write_video: bool = True
     draw_landmarks: bool = False
@@ -104,7 +115,6 @@ class AnnotateSettings:
     def resolved(self, models: "Models") -> "AnnotateSettings":
         """These settings with what was left to the models filled in: the one place where a run's
         ``det_conf``, ``match_threshold`` and ``batch_size`` are decided; every stage reads them from here."""
-        from dataclasses import replace
 
         batch_size = self.batch_size or (GPU_BATCH_SIZE if models.device.startswith("cuda") else CPU_BATCH_SIZE)
         return replace(self, det_conf=float(models.detector.conf), match_threshold=models.threshold(self),
@@ -165,13 +175,15 @@ class Models:
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage (wall clock, this thread)."""
+    """Seconds spent per stage (wall clock, this thread), and how many faces were embedded
+    (``--embed-every`` leaves some out)."""
 
     decode_wait: float = 0.0
     detect: float = 0.0
     embed: float = 0.0
     track_draw: float = 0.0
     encode: float = 0.0  # waiting for the encoder thread, and the audio mux at the end
+    faces_embedded: int = 0
 
 
 @dataclass
@@ -261,11 +273,13 @@ class FrameProcessor:
         self.gallery = gallery
         self.threshold = settings.match_threshold
         self.settings = settings
+        tracker_settings = replace(tracker_settings or TrackerSettings(), embed_every=settings.embed_every)
         self.tracker = Tracker(gallery, self.threshold, tracker_settings)
         self.cuts = ShotCutDetector()
         self.times = StageTimes()
         self._last_detected = -1
         self._cadence = 0
+        self._passes_since_closeup: int | None = None
 
     def process(self, frames: list) -> list[FrameResult]:
         """Results for consecutive ``frames``, in order."""
@@ -279,24 +293,34 @@ class FrameProcessor:
             detect_mask.append(self._cadence % step == 0)
             cut_flags.append(cut)
             self._cadence += 1
-        to_detect = [f for f, wanted in zip(frames, detect_mask) if wanted]
+        detected_frames = [(f, cut) for f, wanted, cut in zip(frames, detect_mask, cut_flags) if wanted]
+        closeups = self._closeup_flags(detected_frames)
         self.times.track_draw += time.perf_counter() - started
         started = time.perf_counter()
-        detections = self.models.detector([f.image for f in to_detect]) if to_detect else []
+        images = [frame.image for frame, _ in detected_frames]
+        detections = self.models.detector(images, closeups=closeups) if images else []
         self.times.detect += time.perf_counter() - started
 
         started = time.perf_counter()
-        per_frame_faces = []
-        crops = []
-        for frame, found in zip(to_detect, detections):
+        per_frame_faces, to_embed, crops = [], [], []
+        cut_in_batch = False
+        for passes_ahead, ((frame, cut), found) in enumerate(zip(detected_frames, detections), start=1):
+            cut_in_batch = cut_in_batch or cut
             faces = [Face(d) for d in found if min(d.width, d.height) >= self.settings.min_face]
-            for face in faces:
-                crops.append(align_face(frame.image, face.detection.landmarks, face.detection.box))
+            if cut_in_batch or not faces:
+                needed = [True] * len(faces)
+            else:
+                needed = self.tracker.needs_embedding(frame.index, np.stack([f.detection.box for f in faces]),
+                                                      passes_ahead)
+            for face, wanted in zip(faces, needed):
+                if wanted:
+                    to_embed.append(face)
+                    crops.append(align_face(frame.image, face.detection.landmarks, face.detection.box))
             per_frame_faces.append(faces)
         embeddings = self.models.embedder(crops) if crops else np.zeros((0, 1), np.float32)
-        all_faces = [face for faces in per_frame_faces for face in faces]
+        self.times.faces_embedded += len(crops)
         matches = self.gallery.match(embeddings, self.threshold) if self.gallery is not None and crops else []
-        for index, face in enumerate(all_faces):
+        for index, face in enumerate(to_embed):
             face.embedding = embeddings[index]
             face.match = matches[index] if matches else None
         self.times.embed += time.perf_counter() - started
@@ -315,6 +339,19 @@ class FrameProcessor:
             results.append(FrameResult(frame, faces, detected=wanted))
         self.times.track_draw += time.perf_counter() - started
         return results
+
+    def _closeup_flags(self, detected_frames: list) -> list[bool]:
+        """Which of these ``(frame, cut)`` detector passes also run the close-up pass (``closeup_every``)."""
+        every = self.settings.closeup_every
+        if not self.settings.closeups or every <= 1:
+            return [self.settings.closeups] * len(detected_frames)
+        flags = []
+        for frame, cut in detected_frames:
+            due = (cut or self._passes_since_closeup is None or self._passes_since_closeup + 1 >= every
+                   or self.tracker.has_large_face(frame.image.shape[0], LARGE_FACE))
+            self._passes_since_closeup = 0 if due else self._passes_since_closeup + 1
+            flags.append(due)
+        return flags
 
     def finish(self) -> None:
         """The stream ended: tracks seen in its last detector pass are kept, however short."""

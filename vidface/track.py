@@ -62,6 +62,12 @@ class TrackerSettings:
     min_same_person_similarity: float = 0.2
     max_missed_passes: int = 15
     min_hits: int = 2
+    #: embed a tracked face again after this many detector passes (1: every pass). Between, a face
+    #: that sits where exactly one confirmed track predicts it (IoU >= ``reuse_min_iou``, no other
+    #: face or track near) is joined on position alone and not embedded: the track's mean is built
+    #: from the passes that were embedded
+    embed_every: int = 1
+    reuse_min_iou: float = 0.6
 
 
 @dataclass
@@ -85,6 +91,8 @@ class Track:
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4, np.float32))
     hits: int = 1
     last_pass: int = 0
+    #: the detector pass of the track's latest embedded face
+    last_embedded_pass: int = 0
     confirmed: bool = False
     embedding_sum: np.ndarray | None = None
     label: str | None = None
@@ -167,6 +175,43 @@ class Tracker:
         self._recent = {i: t for i, t in self._recent.items() if t.last_frame >= frame_index - RECENT_FRAMES}
         return faces
 
+    def needs_embedding(self, frame_index: int, boxes: np.ndarray, passes_ahead: int = 1) -> np.ndarray:
+        """``bool (N,)``: which of a frame's face ``boxes`` ``(N, 4)`` must be embedded.
+
+        ``passes_ahead`` is how many detector passes from now that frame's update
+        will be (frames of a batch are planned before the tracker has seen the
+        earlier ones; their new tracks just cost an embedding). With
+        ``embed_every`` 1 every face is embedded.
+        """
+        needed = np.ones(len(boxes), bool)
+        rules = self.settings
+        if rules.embed_every <= 1 or not len(boxes) or not self.live:
+            return needed
+        tracks = [self.tracks[t] for t in self.live]
+        iou = box_iou(np.stack([t.predicted_box(frame_index) for t in tracks]), boxes)
+        near = iou >= rules.min_iou
+        this_pass = self.passes + passes_ahead
+        for face_index in range(len(boxes)):
+            candidates = np.flatnonzero(near[:, face_index])
+            if len(candidates) != 1:
+                continue
+            track_index = int(candidates[0])
+            track = tracks[track_index]
+            if not (near[track_index].sum() == 1 and iou[track_index, face_index] >= rules.reuse_min_iou
+                    and track.confirmed and track.embedding_sum is not None):
+                continue
+            if this_pass - track.last_embedded_pass < rules.embed_every:
+                needed[face_index] = False
+            else:
+                # counted now, so the later frames of the same batch do not embed this track again
+                track.last_embedded_pass = this_pass
+        return needed
+
+    def has_large_face(self, frame_height: int, fraction: float) -> bool:
+        """Whether a live track's face is at least ``fraction`` of the frame's height (the close-up
+        pass is what keeps finding such faces)."""
+        return any(self.tracks[t].box[3] - self.tracks[t].box[1] >= fraction * frame_height for t in self.live)
+
     def seen_around(self, frame_index: int) -> list[Track]:
         """Tracks detected both before and after ``frame_index`` (within the last frames processed)."""
         return [t for t in self._recent.values() if t.history and t.history[0][0] < frame_index < t.last_frame]
@@ -239,10 +284,10 @@ class Tracker:
         track.history = track.history[-HISTORY_LENGTH + 1:] + [(frame_index, detection.box.copy())]
         face.track_id = track.track_id
 
-    @staticmethod
-    def _add_evidence(track: Track, face: Face) -> None:
+    def _add_evidence(self, track: Track, face: Face) -> None:
         if face.embedding is None:
             return
+        track.last_embedded_pass = self.passes
         weighted = face.embedding * max(face.detection.score, 0.05)
         track.embedding_sum = weighted if track.embedding_sum is None else track.embedding_sum + weighted
 

@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli_options import (BackendOption, CloseupsOption, DetConfOption, DetectorOption, DeviceOption, EmbedderOption,
-                           FlipOption, FrameSkipOption, ImgszOption, MatchThresholdOption)
+from ..cli_options import (BackendOption, CloseupEveryOption, CloseupsOption, DetConfOption, DetectorOption,
+                           DeviceOption, EmbedEveryOption, EmbedderOption, FlipOption, FrameSkipOption, ImgszOption,
+                           MatchThresholdOption)
 from ..errors import GalleryError
 from ..files import write_json_atomic
 
@@ -273,6 +274,9 @@ def eval_widerface(
     landmark_teacher: Optional[str] = typer.Option(None, "--landmarks-vs",
                                                    help="also measure our landmarks against a teacher: yunet, scrfd, centerface"),
     backend: str = BackendOption,
+    operating_score: Optional[float] = typer.Option(
+        None, "--operating-score", metavar="SCORE", help="report false positives per image and recall at this score  "
+        "[default: our detector's calibrated det_conf; none for a teacher]"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
     """Official WIDER FACE protocol on val-eval: AP for easy, medium and hard."""
@@ -280,8 +284,12 @@ def eval_widerface(
 
     from .evaluation.widerface import evaluate_detector
 
+    if operating_score is None and model not in TEACHERS:
+        from ..detect import read_detector_metadata
+
+        operating_score = float(read_detector_metadata(Path(model))["det_conf"])
     bar = tqdm(unit="img", desc=f"WIDER val-eval {Path(model).name}")
-    report = evaluate_detector(_detector_fn(model, imgsz, conf, backend), limit=limit,
+    report = evaluate_detector(_detector_fn(model, imgsz, conf, backend), limit=limit, operating_score=operating_score,
                                progress=lambda done, total: (setattr(bar, "total", total), bar.update(1)))
     bar.close()
     table = Table(title=f"WIDER FACE val-eval ({report.images} images, imgsz {imgsz}): {model}")
@@ -290,6 +298,13 @@ def eval_widerface(
     table.add_row(*[f"{ap:.3f}" for ap in report.ap.values()])
     out.print(table)
     result = {"model": model, "imgsz": imgsz, "backend": backend, "images": report.images, "ap": report.ap}
+    if report.operating is not None:
+        from dataclasses import asdict
+
+        point = report.operating
+        out.print(f"at score {point.score:.3f}: {point.false_positives_per_image:.3f} boxes on no face per image, "
+                  f"{point.hard_recall:.3f} of the counted faces found")
+        result["operating"] = asdict(point)
     if landmark_teacher:
         from ..detect import FaceDetector
         from .evaluation.widerface import landmark_nme
@@ -357,6 +372,8 @@ def eval_videofaceid(
     det_conf: Optional[float] = DetConfOption,
     match_threshold: Optional[float] = MatchThresholdOption,
     frame_skip: int = FrameSkipOption,
+    embed_every: Optional[int] = EmbedEveryOption,
+    closeup_every: Optional[int] = CloseupEveryOption,
     imgsz: int = ImgszOption,
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
@@ -365,10 +382,10 @@ def eval_videofaceid(
 ) -> None:
     """End-to-end: every real clip against its truth (found, named right, unknowns rejected)."""
     from .evaluation.videofaceid import evaluate_clips
-
-    values = {k: v for k, v in dict(detector=detector, embedder=embedder).items() if v is not None}
     from ..pipeline import AnnotateSettings
 
+    values = {k: v for k, v in dict(detector=detector, embedder=embedder, embed_every=embed_every,
+                                    closeup_every=closeup_every).items() if v is not None}
     settings = AnnotateSettings(device=device, det_conf=det_conf, match_threshold=match_threshold,
                                 frame_skip=frame_skip, imgsz=imgsz, closeups=closeups, flip_embed=flip_embed,
                                 backend=backend, write_video=False, **values)

@@ -93,15 +93,52 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
 
 
 @dataclass
+class OperatingPoint:
+    """What a user sees at one raw score threshold (the detector's calibrated ``det_conf``).
+
+    false_positives_per_image: boxes that overlap no labelled face (IoU < ``min_iou`` with every
+        box of the image, invalid and tiny ones included), per image.
+    hard_recall: share of the hard keep-list's faces (every counted face) found at IoU 0.5.
+    """
+
+    score: float
+    false_positives_per_image: float
+    hard_recall: float
+
+
+@dataclass
 class WiderReport:
     ap: dict[str, float]
     curves: dict[str, np.ndarray]
     images: int
+    operating: OperatingPoint | None = None
+
+
+def operating_point(predictions: dict[str, np.ndarray], images: list[WiderImage],
+                    keep: dict[str, dict[str, np.ndarray]], score: float, min_iou: float = 0.3) -> OperatingPoint:
+    """False positives per image and recall of ``{name: (P, 5) xyxy+score}`` predictions at ``score``."""
+    false_positives, found, faces = 0, 0, 0
+    for image in images:
+        predicted = predictions.get(image.name, np.zeros((0, 5)))
+        predicted = predicted[predicted[:, 4] >= score]
+        kept = keep["hard"].get(image.name, np.zeros(0, np.int64))
+        kept = kept[(kept >= 1) & (kept <= len(image.boxes))] - 1
+        faces += len(kept)
+        if not len(predicted):
+            continue
+        if not len(image.boxes):
+            false_positives += len(predicted)
+            continue
+        overlaps = box_iou(predicted[:, :4], image.boxes)
+        false_positives += int((overlaps.max(axis=1) < min_iou).sum())
+        found += int((overlaps[:, kept].max(axis=0, initial=0.0) >= 0.5).sum()) if len(kept) else 0
+    return OperatingPoint(score, false_positives / max(len(images), 1), found / max(faces, 1))
 
 
 def evaluate_predictions(predictions: dict[str, np.ndarray], images: list[WiderImage],
-                         keep: dict[str, dict[str, np.ndarray]]) -> WiderReport:
-    """AP per subset from ``{name: (P, 5) xyxy+score}`` predictions."""
+                         keep: dict[str, dict[str, np.ndarray]], operating_score: float | None = None) -> WiderReport:
+    """AP per subset from ``{name: (P, 5) xyxy+score}`` predictions (and the :class:`OperatingPoint`
+    at ``operating_score``, raw scores, when given)."""
     all_scores = np.concatenate([p[:, 4] for p in predictions.values() if len(p)] or [np.zeros(0)])
     low, high = (all_scores.min(), all_scores.max()) if len(all_scores) else (0.0, 1.0)
     span = max(high - low, 1e-12)
@@ -125,7 +162,8 @@ def evaluate_predictions(predictions: dict[str, np.ndarray], images: list[WiderI
         recall = totals[:, 1] / max(faces, 1)
         aps[subset] = voc_ap(recall, precision)
         curves[subset] = np.stack([precision, recall], axis=1)
-    return WiderReport(aps, curves, len(images))
+    operating = None if operating_score is None else operating_point(predictions, images, keep, operating_score)
+    return WiderReport(aps, curves, len(images), operating)
 
 
 def val_eval_images(root: Path | None = None) -> list[WiderImage]:
@@ -134,7 +172,7 @@ def val_eval_images(root: Path | None = None) -> list[WiderImage]:
 
 
 def evaluate_detector(detect: Callable[[np.ndarray], np.ndarray], root: Path | None = None,
-                      limit: int | None = None, progress=None) -> WiderReport:
+                      limit: int | None = None, progress=None, operating_score: float | None = None) -> WiderReport:
     """Run ``detect(image) -> (P, 5) xyxy+score`` on val-eval and score it."""
     images = val_eval_images(root)[:limit] if limit else val_eval_images(root)
     keep = load_keep_lists([i.name for i in images], (root or data_root()) / "widerface" / "eval-mat")
@@ -144,7 +182,7 @@ def evaluate_detector(detect: Callable[[np.ndarray], np.ndarray], root: Path | N
         predictions[image.name] = np.asarray(detect(picture), np.float64).reshape(-1, 5)
         if progress:
             progress(index + 1, len(images))
-    return evaluate_predictions(predictions, images, keep)
+    return evaluate_predictions(predictions, images, keep, operating_score)
 
 
 def landmark_nme(ours: Callable, teacher: Callable, root: Path | None = None, limit: int | None = None,

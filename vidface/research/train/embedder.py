@@ -74,6 +74,10 @@ class EmbedderTrainConfig:
     #: where a new schedule starts: "random", or "imagenet" (EfficientNet-Lite0's ImageNet weights,
     #: see :mod:`vidface.train.imagenet_init`); ``--init CHECKPOINT`` overrides it
     init: str = "random"
+    #: how a new schedule starts the ArcFace head: "random" (Xavier), or "centroids": each class's
+    #: mean normalised embedding under the starting network, so that turning ArcFace on over an
+    #: already trained network starts from its own geometry instead of 5,000 random directions
+    head_init: str = "random"
     seed: int = 0
 
     @classmethod
@@ -154,10 +158,12 @@ class FaceCropDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def crop(self, index: int) -> np.ndarray:
+        """The aligned BGR crop, not augmented."""
+        return self.crops[index] if self.crops is not None else cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR)
+
     def __getitem__(self, index: int):
-        rng = random.Random()
-        crop = self.crops[index] if self.crops is not None else cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR)
-        crop = augment(crop, self.config, rng)
+        crop = augment(self.crop(index), self.config, random.Random())
         tensor = crops_to_tensor([crop], self.embed_config)[0]
         return tensor, self.labels[index], torch.from_numpy(self.teacher[index])
 
@@ -331,6 +337,24 @@ class Student:
         return arcface.item(), distill.item(), relational.item()
 
 
+@torch.no_grad()
+def class_centroids(net: EmbedderNet, dataset: "FaceCropDataset", classes: int, device: torch.device,
+                    batch_size: int = 256) -> torch.Tensor:
+    """``(classes, D)`` unit vectors: each labelled class's mean normalised embedding of its un-augmented crops."""
+    labels = torch.as_tensor(dataset.labels)
+    labelled = torch.nonzero(labels >= 0).flatten().tolist()
+    sums = torch.zeros(classes, dataset.embed_config.embedding_size)
+    was_training = net.training
+    net.eval()
+    for start in range(0, len(labelled), batch_size):
+        chosen = labelled[start : start + batch_size]
+        crops = [dataset.crop(index) for index in chosen]
+        embeddings = F.normalize(net(crops_to_tensor(crops, dataset.embed_config).to(device)).float(), dim=1)
+        sums.index_add_(0, labels[chosen], embeddings.cpu())
+    net.train(was_training)
+    return F.normalize(sums, dim=1).to(device)
+
+
 def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -387,6 +411,11 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
             log(f"resumed from {checkpoint} at epoch {start_epoch}")
         else:
             log(f"initialised from {init} (trained {int(state['epoch'])} epochs there)")
+    if source != checkpoint and config.head_init == "centroids" and classes:
+        head.weight.data.copy_(class_centroids(net, dataset, classes, target))
+        log(f"ArcFace head started from the centroids of {classes} people")
+    elif source != checkpoint and config.head_init != "random":
+        raise ValueError(f"unknown head_init {config.head_init!r} (random or centroids)")
     lfw_images, lfw_same = None, None
     history_file = run_dir / "history.jsonl"
     steps_per_epoch = len(loader)
