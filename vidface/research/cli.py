@@ -503,9 +503,11 @@ def eval_peers(
     peer_python: str = typer.Option(..., "--peer-python", help="the Python of a virtual environment with insightface"),
     every: int = typer.Option(5, "--every", min=1, help="detect on every N-th frame (vidface: --frame-skip N-1)"),
     backend: str = BackendOption,
+    embed_every: Optional[int] = EmbedEveryOption,
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
-    """Equal work against insightface, each in its own process: wall time, CPU time, peak memory."""
+    """Equal work against insightface, each in its own process: wall time, CPU time, peak memory
+    (``--embed-every 1``: vidface embeds every face too, as insightface does)."""
     import tempfile
     from dataclasses import asdict
 
@@ -513,11 +515,13 @@ def eval_peers(
     from .evaluation.peers import compare_with_insightface
 
     scrfd = require(data_root() / "models" / "scrfd_500m_bnkps.onnx", "SCRFD-500M model")
+    extra = ("--backend", backend) + (() if embed_every is None else ("--embed-every", str(embed_every)))
     with tempfile.TemporaryDirectory() as scratch:
-        rows = compare_with_insightface(video, gallery, peer_python, scrfd,
-                                        Path(scratch), every, extra_args=("--backend", backend))
+        rows = compare_with_insightface(video, gallery, peer_python, scrfd, Path(scratch), every, extra_args=extra)
     peer, ours = rows
-    table = Table(title=f"{video.name}: detection on every {every}th frame, every face embedded")
+    embedded = "every face" if embed_every == 1 else f"tracked faces every {embed_every or 'default'} passes"
+    table = Table(title=f"{video.name}: detection on every {every}th frame; insightface embeds every face, "
+                        f"vidface {embedded}")
     for column in ("run", "wall s", "CPU s", "peak MiB", "frames", "faces"):
         table.add_column(column)
     for row in rows:
@@ -527,7 +531,8 @@ def eval_peers(
     out.print(f"vidface / insightface: wall {ours.wall_s / peer.wall_s:.2f}x, CPU {ours.cpu_s / peer.cpu_s:.2f}x, "
               f"memory {ours.peak_mb / peer.peak_mb:.2f}x")
     if json_out:
-        write_json_atomic({"video": str(video), "every": every, "rows": [asdict(r) for r in rows]}, json_out)
+        write_json_atomic({"video": str(video), "every": every, "embed_every": embed_every,
+                           "rows": [asdict(r) for r in rows]}, json_out)
 
 
 @eval_app.command("backends")
