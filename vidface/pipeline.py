@@ -51,10 +51,10 @@ def default_embedder() -> Path:
     return weights_dir() / "effb0-arcface.safetensors"
 
 
-#: frames per detector batch when the user gives none (see ``AnnotateSettings.batch_size``)
 #: a tracked face this tall (share of the frame's height) keeps the close-up pass on every detector
 #: pass: on the videofaceid clips the faces only that pass found were 30-60 % of the frame's height
 LARGE_FACE = 0.25
+#: frames per detector batch when the user gives none (see ``AnnotateSettings.batch_size``)
 GPU_BATCH_SIZE = 8
 CPU_BATCH_SIZE = 2
 
@@ -115,7 +115,6 @@ class AnnotateSettings:
     def resolved(self, models: "Models") -> "AnnotateSettings":
         """These settings with what was left to the models filled in: the one place where a run's
         ``det_conf``, ``match_threshold`` and ``batch_size`` are decided; every stage reads them from here."""
-
         batch_size = self.batch_size or (GPU_BATCH_SIZE if models.device.startswith("cuda") else CPU_BATCH_SIZE)
         return replace(self, det_conf=float(models.detector.conf), match_threshold=models.threshold(self),
                        batch_size=batch_size)

@@ -181,7 +181,9 @@ class Tracker:
         ``passes_ahead`` is how many detector passes from now that frame's update
         will be (frames of a batch are planned before the tracker has seen the
         earlier ones; their new tracks just cost an embedding). With
-        ``embed_every`` 1 every face is embedded.
+        ``embed_every`` 1 every face is embedded. Not a pure query: a track whose
+        face is due is marked as embedded at that pass, so that the later frames of
+        the batch being planned do not embed it again.
         """
         needed = np.ones(len(boxes), bool)
         rules = self.settings
@@ -203,7 +205,6 @@ class Tracker:
             if this_pass - track.last_embedded_pass < rules.embed_every:
                 needed[face_index] = False
             else:
-                # counted now, so the later frames of the same batch do not embed this track again
                 track.last_embedded_pass = this_pass
         return needed
 

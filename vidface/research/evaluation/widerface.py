@@ -131,7 +131,7 @@ def operating_point(predictions: dict[str, np.ndarray], images: list[WiderImage]
             continue
         overlaps = box_iou(predicted[:, :4], image.boxes)
         false_positives += int((overlaps.max(axis=1) < min_iou).sum())
-        found += int((overlaps[:, kept].max(axis=0, initial=0.0) >= 0.5).sum()) if len(kept) else 0
+        found += int((overlaps[:, kept].max(axis=0, initial=0.0) >= 0.5).sum())
     return OperatingPoint(score, false_positives / max(len(images), 1), found / max(faces, 1))
 
 
