@@ -128,3 +128,57 @@ def test_a_person_whose_photos_cannot_be_read_is_told_so(tmp_path, fake_stages):
     write_photo(tmp_path / "g/Bob/2.jpg", (90, 90, 90), blank=True)
     with pytest.raises(GalleryError, match="no face found"):
         build_gallery(tmp_path / "g", detector, embedder)
+
+
+class TwoSquaresDetector:
+    """Finds a face at each coloured square of a photo (see ``write_group_photo``), in no particular order."""
+
+    def __init__(self, weights_path):
+        self.weights_path, self.settings_key, self.photo_settings_key = weights_path, "squares", "squares"
+        self.calls = 0
+
+    def __call__(self, images, closeups=None):
+        from vidface.structures import Detection
+
+        self.calls += len(images)
+        found = []
+        for image in images:
+            mask = (image != image[0, 0]).any(axis=2).astype(np.uint8)
+            count, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+            found.append([Detection(np.array([x, y, x + w, y + h], np.float32), 0.9, None)
+                          for x, y, w, h, _ in stats[1:count]])
+        return found
+
+
+def write_group_photo(path, squares):
+    """A grey photo with one filled square per ``(x, y, size, colour)``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.full((200, 300, 3), 128, np.uint8)
+    for x, y, size, colour in squares:
+        image[y:y + size, x:x + size] = colour
+    cv2.imwrite(str(path), image)
+
+
+def test_in_a_photo_of_several_people_the_person_is_the_face_like_their_other_photos(tmp_path, fake_stages):
+    """A talk-show still: the guest's face is larger than the host's, whose gallery folder it is."""
+    _, embedder = fake_stages
+    detector = TwoSquaresDetector(embedder.weights_path)
+    host, guest = (30, 30, 220), (220, 60, 30)
+    write_group_photo(tmp_path / "g/Host/alone.png", [(100, 50, 60, host)])
+    write_group_photo(tmp_path / "g/Host/with-guest.png", [(20, 40, 90, guest), (200, 60, 50, host)])
+    write_group_photo(tmp_path / "g/Solo/group.png", [(20, 40, 90, guest), (200, 60, 50, host)])
+    gallery = build_gallery(tmp_path / "g", detector, embedder)
+    photos = {(p.person, p.path.name): p for p in gallery.photos}
+    chosen = photos["Host", "with-guest.png"]
+    assert chosen.faces == 2 and chosen.chosen_by == "like the other photos"
+    assert chosen.box == [200.0, 60.0, 250.0, 110.0], "the host's smaller face, not the guest's larger one"
+    host_rows = gallery.embeddings[gallery.owners == gallery.names.index("Host")]
+    assert host_rows[0] @ host_rows[1] > 0.99, "both of the host's rows are the host"
+    alone = photos["Solo", "group.png"]
+    assert alone.chosen_by == "largest face" and alone.box == [20.0, 40.0, 110.0, 130.0]
+    assert photos["Host", "alone.png"].chosen_by == "only face"
+    calls = detector.calls
+    again = build_gallery(tmp_path / "g", detector, embedder)
+    assert detector.calls == calls, "every face of every photo comes back from the cache"
+    assert [(p.box, p.chosen_by) for p in again.photos] == [(p.box, p.chosen_by) for p in gallery.photos]
+    np.testing.assert_allclose(again.embeddings, gallery.embeddings)

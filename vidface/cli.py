@@ -236,7 +236,7 @@ def gallery_show(
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
-    """List people, photo counts and problem photos."""
+    """List people, photo counts, problem photos, and which face was taken from photos of several people."""
     from .gallery import list_gallery, scan_gallery
     from .pipeline import Models
 
@@ -244,7 +244,7 @@ def gallery_show(
     models = Models.load(_settings(device=device, detector=detector, embedder=embedder))
     photos, _ = scan_gallery(folder, models.detector, models.embedder)
     table = Table(title=f"gallery {folder}")
-    for column in ("person", "photos", "usable", "problems"):
+    for column in ("person", "photos", "usable", "problems", "photos of several faces: the face taken"):
         table.add_column(column)
     by_person: dict[str, list] = {}
     for photo in photos:
@@ -252,7 +252,10 @@ def gallery_show(
     for person, person_photos in by_person.items():
         problems = ", ".join(f"{p.path.name} ({p.status})" for p in person_photos if p.status != "ok")
         usable = sum(p.status == "ok" for p in person_photos)
-        table.add_row(person, str(len(person_photos)), str(usable) if usable else "[red]0[/red]", problems or "-")
+        several = ", ".join(f"{p.path.name} ({p.faces} faces: {p.chosen_by})"
+                            for p in person_photos if p.status == "ok" and p.faces > 1)
+        table.add_row(person, str(len(person_photos)), str(usable) if usable else "[red]0[/red]", problems or "-",
+                      several or "-")
     out.print(table)
 
 

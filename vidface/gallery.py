@@ -1,10 +1,14 @@
 """The gallery: known people and their face embeddings, and open-set matching.
 
 A gallery folder has one sub-folder per person, named after them, holding
-photos. In each photo the subject is the largest face. Embeddings are cached
-per photo, keyed by the photo's content hash, and the whole cache by the
-models' fingerprints, so editing the gallery or changing a model recomputes
-exactly what changed. The cache is an npz file without pickled objects.
+photos. A photo with one face shows its person; in a photo with several, the
+person is the face most like the faces in their other photos (a talk-show
+still where the guest's face is larger than the host's), and the largest face
+only when nothing else tells (see :func:`choose_subjects`). The faces of each
+photo are cached, keyed by the photo's content hash, and the whole cache by
+the models' fingerprints, so editing the gallery or changing a model
+recomputes exactly what changed. The cache is an npz file without pickled
+objects.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from .files import write_atomically
 from .structures import Match
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
+#: Faces embedded per photo, largest first: enough for a group photo's subject to be among them.
+MAX_FACES_PER_PHOTO = 8
 
 
 @dataclass
@@ -31,7 +37,9 @@ class GalleryPhoto:
     """One photo of the gallery and what became of it.
 
     status: ``ok``, ``no-face`` or ``unreadable``; faces: faces detected in it;
-    box: ``[x1, y1, x2, y2]`` pixels of the face used (``ok`` only).
+    box: ``[x1, y1, x2, y2]`` pixels of the face used (``ok`` only);
+    chosen_by: why that face: ``only face``, ``like the other photos``,
+    ``largest face, like the other photos`` or ``largest face`` (``ok`` only).
     """
 
     person: str
@@ -39,6 +47,22 @@ class GalleryPhoto:
     status: str
     faces: int = 0
     box: list[float] | None = None
+    chosen_by: str = ""
+
+
+@dataclass
+class PhotoFaces:
+    """What the detector and embedder made of one photo.
+
+    status: ``ok``, ``no-face`` or ``unreadable``; detected: faces found;
+    boxes: ``float32 (F, 4)`` pixels and embeddings: ``float32 (F, D)`` unit
+    vectors of the ``F = min(detected, MAX_FACES_PER_PHOTO)`` largest, largest first.
+    """
+
+    status: str
+    detected: int
+    boxes: np.ndarray
+    embeddings: np.ndarray
 
 
 @dataclass
@@ -125,32 +149,37 @@ def _cache_file(folder: Path, cache_dir: Path) -> Path:
     return cache_dir / "galleries" / f"{folder.name or 'gallery'}-{key}.npz"
 
 
-def _read_cache(path: Path, model_key: str) -> dict[str, tuple[str, int, np.ndarray, np.ndarray]]:
-    """``{content hash: (status, faces, box, embedding)}`` from a cache written with the same models."""
+def _read_cache(path: Path, model_key: str) -> dict[str, PhotoFaces]:
+    """``{content hash: faces}`` from a cache written with the same models."""
     if not path.exists():
         return {}
     try:
         with np.load(path, allow_pickle=False) as data:
             if str(data["model_key"]) != model_key:
                 return {}
+            photo_of_face, boxes, embeddings = data["photo_of_face"], data["boxes"], data["embeddings"]
             return {
-                str(h): (str(s), int(n), b, e)
-                for h, s, n, b, e in zip(data["hashes"], data["status"], data["faces"], data["boxes"], data["embeddings"])
+                str(digest): PhotoFaces(str(status), int(detected), boxes[photo_of_face == index],
+                                        embeddings[photo_of_face == index])
+                for index, (digest, status, detected) in enumerate(zip(data["hashes"], data["status"], data["detected"]))
             }
     except (OSError, ValueError, KeyError):
-        return {}  # a damaged cache is rebuilt, never trusted
+        return {}  # a damaged or older cache is rebuilt, never trusted
 
 
-def _write_cache(path: Path, model_key: str, entries: dict, dim: int) -> None:
+def _write_cache(path: Path, model_key: str, entries: dict[str, PhotoFaces], dim: int) -> None:
     hashes = sorted(entries)
+    photos = [entries[digest] for digest in hashes]
     write_atomically(path, lambda temporary: np.savez(
         temporary,
         model_key=np.array(model_key),
         hashes=np.array(hashes, dtype="U64"),
-        status=np.array([entries[h][0] for h in hashes], dtype="U16"),
-        faces=np.array([entries[h][1] for h in hashes], dtype=np.int64),
-        boxes=np.array([entries[h][2] for h in hashes], dtype=np.float32).reshape(-1, 4),
-        embeddings=np.array([entries[h][3] for h in hashes], dtype=np.float32).reshape(-1, dim),
+        status=np.array([photo.status for photo in photos], dtype="U16"),
+        detected=np.array([photo.detected for photo in photos], dtype=np.int64),
+        photo_of_face=np.repeat(np.arange(len(photos)), [len(photo.boxes) for photo in photos]).astype(np.int64),
+        boxes=np.concatenate([photo.boxes.reshape(-1, 4) for photo in photos] or [np.zeros((0, 4))]).astype(np.float32),
+        embeddings=np.concatenate([photo.embeddings.reshape(-1, dim) for photo in photos]
+                                  or [np.zeros((0, dim))]).astype(np.float32),
     ))
 
 
@@ -172,24 +201,29 @@ def scan_gallery(folder: Path, detector, embedder, cache_dir: Path | None = None
     ])
     cache_path = _cache_file(folder, cache_dir or default_cache_dir())
     cached = _read_cache(cache_path, model_key) if use_cache else {}
-    entries: dict[str, tuple] = {}
+    entries: dict[str, PhotoFaces] = {}
     photos: list[GalleryPhoto] = []
     vectors: dict[str, list[np.ndarray]] = {}
     for person, paths in people.items():
-        vectors[person] = []
+        scanned: list[tuple[Path, PhotoFaces]] = []
         for path in paths:
             try:
                 digest = _content_hash(path)
             except OSError:
-                photos.append(GalleryPhoto(person, path, "unreadable"))
+                scanned.append((path, _nothing("unreadable", embedder.dim)))
                 continue
             if digest not in cached:
-                cached[digest] = _embed_photo(path, detector, embedder)
-            status, faces, box, vector = cached[digest]
+                cached[digest] = _detect_and_embed(path, detector, embedder)
             entries[digest] = cached[digest]
-            photos.append(GalleryPhoto(person, path, status, faces, box.tolist() if status == "ok" else None))
-            if status == "ok":
-                vectors[person].append(vector)
+            scanned.append((path, cached[digest]))
+        vectors[person] = []
+        choices = choose_subjects([faces.embeddings for _, faces in scanned])
+        for (path, faces), (subject, chosen_by) in zip(scanned, choices):
+            if subject is None:
+                photos.append(GalleryPhoto(person, path, faces.status, faces.detected))
+                continue
+            photos.append(GalleryPhoto(person, path, "ok", faces.detected, faces.boxes[subject].tolist(), chosen_by))
+            vectors[person].append(faces.embeddings[subject])
     if use_cache and entries:
         try:
             _write_cache(cache_path, model_key, entries, embedder.dim)
@@ -224,14 +258,45 @@ def build_gallery(folder: Path, detector, embedder, cache_dir: Path | None = Non
     return Gallery(folder, names, np.stack(rows), np.array(owners), photos)
 
 
-def _embed_photo(path: Path, detector, embedder) -> tuple[str, int, np.ndarray, np.ndarray]:
-    empty_box, empty_vector = np.zeros(4, np.float32), np.zeros(embedder.dim, np.float32)
+def choose_subjects(photo_faces: list[np.ndarray]) -> list[tuple[int | None, str]]:
+    """Which face of each of one person's photos shows that person: ``(index or None, why)`` per photo.
+
+    photo_faces: per photo, ``(F, D)`` unit embeddings of its faces, largest
+    first. A photo with one face is that face. In a photo with several, each
+    face scores the mean, over the person's other photos that have a face, of
+    its best similarity to any face there; the highest wins. With no other
+    photo to compare with, the largest face is taken.
+    """
+    choices: list[tuple[int | None, str]] = []
+    for index, faces in enumerate(photo_faces):
+        if len(faces) == 0:
+            choices.append((None, ""))
+            continue
+        if len(faces) == 1:
+            choices.append((0, "only face"))
+            continue
+        others = [other for position, other in enumerate(photo_faces) if position != index and len(other)]
+        if not others:
+            choices.append((0, "largest face"))
+            continue
+        likeness = np.mean([(faces @ other.T).max(axis=1) for other in others], axis=0)
+        best = int(np.argmax(likeness))
+        choices.append((best, "largest face, like the other photos" if best == 0 else "like the other photos"))
+    return choices
+
+
+def _nothing(status: str, dim: int, detected: int = 0) -> PhotoFaces:
+    return PhotoFaces(status, detected, np.zeros((0, 4), np.float32), np.zeros((0, dim), np.float32))
+
+
+def _detect_and_embed(path: Path, detector, embedder) -> PhotoFaces:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        return "unreadable", 0, empty_box, empty_vector
+        return _nothing("unreadable", embedder.dim)
     detections = detector([image], closeups=True)[0]  # a portrait is a close-up, whatever the video needs
-    face = largest_face(detections)
-    if face is None:
-        return "no-face", 0, empty_box, empty_vector
-    crop = align_face(image, face.landmarks, face.box)
-    return "ok", len(detections), face.box.astype(np.float32), embedder([crop])[0]
+    if not detections:
+        return _nothing("no-face", embedder.dim)
+    kept = sorted(detections, key=lambda d: d.area, reverse=True)[:MAX_FACES_PER_PHOTO]
+    crops = [align_face(image, face.landmarks, face.box) for face in kept]
+    return PhotoFaces("ok", len(detections), np.stack([face.box for face in kept]).astype(np.float32),
+                      np.asarray(embedder(crops), np.float32))
