@@ -325,3 +325,77 @@ def test_arcface_head_can_start_from_each_persons_mean_embedding(tmp_path):
         members = [i for i, label in enumerate(labels) if label == person]
         expected = torch.nn.functional.normalize(each[members].mean(dim=0), dim=0)
         torch.testing.assert_close(centroids[person], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_false_faces_are_detections_on_no_human_or_teacher_face():
+    from vidface.research.train.widerface_data import false_faces
+
+    faces = np.array([[100, 100, 140, 150], [300, 40, 310, 52]], np.float32)
+    detections = np.array([
+        [102, 98, 141, 152],   # the first face, boxed well
+        [290, 30, 330, 70],    # a loose box around the tiny second face: not a false face either
+        [10, 200, 50, 240],    # nothing there: a hand, an ear
+        [135, 140, 175, 190],  # touches the first face's corner only
+    ], np.float32)
+    assert false_faces(detections, faces).tolist() == [False, False, True, True]
+    assert false_faces(detections, np.zeros((0, 4), np.float32)).all()
+
+
+def test_background_crop_keeps_the_false_face_and_paints_real_faces_out():
+    from vidface.research.train.widerface_data import background_crop
+
+    image = np.full((300, 400, 3), 200, np.uint8)
+    false_box = np.array([370, 10, 390, 40], np.float32)  # near the corner: the square must move inside
+    face = np.array([330, 50, 360, 80], np.float32)
+    crop, (x1, y1, x2, y2) = background_crop(image, false_box, face[None], context=3.0, min_side=96)
+    assert crop.shape == (96, 96, 3) and (x2 - x1, y2 - y1) == (96, 96)
+    assert 0 <= x1 and x2 <= 400 and 0 <= y1 and y2 <= 300
+    assert x1 <= 370 and 390 <= x2 and y1 <= 10 and 40 <= y2, "the false face stays in the crop"
+    assert (crop[int(65 - y1), int(345 - x1)] == 114).all(), "the real face is painted grey"
+    assert (crop[int(25 - y1), int(380 - x1)] == 200).all(), "the false face is left as it is"
+
+
+def test_mined_negatives_join_the_training_split_as_background_images(tmp_path, monkeypatch):
+    import cv2
+    import json
+
+    from vidface.research.train import widerface_data
+    from vidface.structures import Detection
+
+    dataset = tmp_path / "pose"
+    (dataset / "images" / "train").mkdir(parents=True)
+    (dataset / "images" / "val").mkdir(parents=True)
+    (dataset / "data.yaml").write_text("path: x\ntrain: images/train\nval: images/val\nnames:\n  0: face\n")
+    records = []
+    for name in ("0--Parade/a.jpg", "0--Parade/b.jpg", "1--Held/out.jpg"):
+        path = tmp_path / "wider" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), np.full((240, 320, 3), 90, np.uint8))
+        records.append(WiderImage(path, name, np.array([[40, 40, 80, 90]], np.float32), np.array([False])))
+    for record in records[:2]:  # the third is the trainer's hold-out: never mined
+        (dataset / "images" / "train" / (record.name.replace("/", "__")[:-4] + ".jpg")).write_bytes(b"")
+    monkeypatch.setattr(widerface_data, "training_images", lambda root=None: records)
+    seen = []
+
+    def detector(images, closeups=None):
+        seen.append(closeups)
+        return [[Detection(np.array([41, 41, 80, 88], np.float32), 0.9),
+                 Detection(np.array([200, 150, 230, 190], np.float32), 0.6),
+                 Detection(np.array([205, 160, 215, 170], np.float32), 0.5)]]  # inside the first crop: no new one
+
+    def no_teacher(image):
+        return TeacherOutput(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+
+    stats = widerface_data.mine_hard_negatives(dataset, detector, no_teacher, min_side=96)
+    assert seen == [False, False], "the main pass only, on the two training images"
+    assert stats["false_faces"] == 4 and stats["crops"] == 2 and stats["source_images"] == 2
+    crops = sorted((dataset / "images" / "train-negatives").glob("*.jpg"))
+    labels = sorted((dataset / "labels" / "train-negatives").glob("*.txt"))
+    assert len(crops) == 2 and [p.stem for p in labels] == [p.stem for p in crops]
+    assert all(p.read_text() == "" for p in labels), "background images: nothing to find"
+    assert "train: [images/train, images/train-negatives]" in (dataset / "data.yaml").read_text()
+    assert json.loads((dataset / "negatives.json").read_text())["negatives"][0]["score"] == 0.6
+    widerface_data.mine_hard_negatives(dataset, detector, no_teacher, min_side=96)  # replaces, never piles up
+    assert len(list((dataset / "images" / "train-negatives").glob("*.jpg"))) == 2
+    assert (dataset / "data.yaml").read_text().count("train:") == 1
+    assert widerface_data.draw_negatives_preview(dataset, tmp_path / "preview.png").exists()

@@ -63,6 +63,30 @@ def data_widerface(
         out.print(f"preview: {draw_label_preview(out_dir, preview)}")
 
 
+@data_app.command("hard-negatives")
+def data_hard_negatives(
+    dataset: Path = typer.Option(Path("cache/widerface-pose"), "--dataset", help="pose data set from 'vidface data widerface'"),
+    detector: Optional[Path] = DetectorOption,
+    det_conf: Optional[float] = DetConfOption,
+    teacher: str = typer.Option("scrfd", "--teacher", help="what counts as a real face besides the human boxes"),
+    teacher_conf: float = typer.Option(0.3, "--teacher-conf"),
+    context: float = typer.Option(3.0, "--context", help="crop side over the false face's long side"),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="also draw the mined crops into this PNG"),
+) -> None:
+    """Background crops around the detector's false faces (hands, ears, textures) on the training images."""
+    from ..pipeline import AnnotateSettings, Models
+    from .train.widerface_data import draw_negatives_preview, mine_hard_negatives
+
+    values = {k: v for k, v in dict(detector=detector, det_conf=det_conf).items() if v is not None}
+    models = Models.load(AnnotateSettings(device="cpu", write_video=False, closeups=False, **values))
+    stats = mine_hard_negatives(dataset, models.detector, _teacher(teacher, teacher_conf), context=context)
+    out.print(f"{stats['false_faces']} false faces on {stats['source_images']} of {stats['training_images']} "
+              f"training images ({stats['detections']} detections): {stats['crops']} background crops in "
+              f"{dataset}/images/train-negatives")
+    if preview:
+        out.print(f"preview: {draw_negatives_preview(dataset, preview)}")
+
+
 @data_app.command("wider-crops")
 def data_wider_crops(
     dataset: Path = typer.Option(Path("cache/widerface-pose"), "--from", help="pose data set from 'vidface data widerface'"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,3 +216,142 @@ def build_face_crops(dataset_dir: Path, out_dir: Path, min_size: float = 40.0) -
                 stats["faces"] += 1
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
     return stats
+
+
+#: a detection is a false face when it overlaps every known face (human or teacher) by less than this IoU ...
+FALSE_FACE_IOU = 0.1
+#: ... and covers at most this share of any of them, nor lies this much inside one (a loose box on a real face)
+FALSE_FACE_COVER = 0.3
+NEGATIVES_SPLIT = "train-negatives"
+
+
+@dataclass
+class HardNegative:
+    """One false face the detector finds on a training image, and the background crop made around it.
+
+    box: ``float32 (4,)`` xyxy pixels of the false face in the source image;
+    crop: ``(x1, y1, x2, y2)`` ints of the square crop cut around it.
+    """
+
+    source: str
+    score: float
+    box: np.ndarray
+    crop: tuple[int, int, int, int]
+
+
+def false_faces(detections: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """``bool (D,)``: which of ``(D, 4)`` detected boxes are none of the ``(F, 4)`` known faces."""
+    if len(detections) == 0 or len(faces) == 0:
+        return np.ones(len(detections), bool)
+    x1 = np.maximum(detections[:, None, 0], faces[None, :, 0])
+    y1 = np.maximum(detections[:, None, 1], faces[None, :, 1])
+    x2 = np.minimum(detections[:, None, 2], faces[None, :, 2])
+    y2 = np.minimum(detections[:, None, 3], faces[None, :, 3])
+    overlap = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+
+    def areas(boxes):
+        return np.clip(boxes[:, 2] - boxes[:, 0], 1e-6, None) * np.clip(boxes[:, 3] - boxes[:, 1], 1e-6, None)
+
+    own, theirs = areas(detections)[:, None], areas(faces)[None, :]
+    iou = overlap / (own + theirs - overlap)
+    cover = np.maximum(overlap / own, overlap / theirs)
+    return (iou < FALSE_FACE_IOU).all(axis=1) & (cover <= FALSE_FACE_COVER).all(axis=1)
+
+
+def background_crop(image: np.ndarray, box: np.ndarray, faces: np.ndarray, context: float, min_side: int
+                    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A square of ``context`` times the box's long side (at least ``min_side`` px) around ``box``, moved
+    inside the image, with every known face in it painted over in the letterbox grey, so the crop has no
+    face to learn and only the false one to reject."""
+    height, width = image.shape[:2]
+    side = int(min(max(min_side, context * max(box[2] - box[0], box[3] - box[1])), width, height))
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    x1 = int(np.clip(round(cx - side / 2), 0, width - side))
+    y1 = int(np.clip(round(cy - side / 2), 0, height - side))
+    crop = image[y1: y1 + side, x1: x1 + side].copy()
+    for fx1, fy1, fx2, fy2 in faces:
+        pad_x, pad_y = 0.1 * (fx2 - fx1), 0.1 * (fy2 - fy1)
+        left, top = int(max(fx1 - pad_x - x1, 0)), int(max(fy1 - pad_y - y1, 0))
+        right, bottom = int(min(fx2 + pad_x - x1, side)), int(min(fy2 + pad_y - y1, side))
+        if right > left and bottom > top:
+            crop[top:bottom, left:right] = 114
+    return crop, (x1, y1, x1 + side, y1 + side)
+
+
+def mine_hard_negatives(dataset_dir: Path, detector, teacher, context: float = 3.0, min_side: int = 320,
+                        root: Path | None = None) -> dict:
+    """Add background crops around the detector's false faces on the training split to the data set.
+
+    detector: called as ``detector([image], closeups=False)`` (the runtime's
+    :class:`~vidface.detect.FaceDetector`); teacher: a confident face
+    detector (its faces are real faces the human labels may have missed).
+    A detection is false when it is none of the human boxes (invalid and tiny
+    ones included) nor the teacher's faces (:func:`false_faces`). The crops go
+    to ``images/train-negatives`` with empty label files (ultralytics'
+    background images), and ``data.yaml`` trains on both folders. Only
+    training images are read; the trainer's hold-out and WIDER's val-eval
+    are never touched. Returns counts, and writes them to ``negatives.json``.
+    """
+    records = {r.name.replace("/", "__").rsplit(".", 1)[0]: r for r in training_images(root)}
+    train_stems = sorted(p.stem for p in (dataset_dir / "images" / "train").glob("*.jpg"))
+    images_out = dataset_dir / "images" / NEGATIVES_SPLIT
+    labels_out = dataset_dir / "labels" / NEGATIVES_SPLIT
+    for folder in (images_out, labels_out):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    mined: list[HardNegative] = []
+    detections_seen = false_seen = 0
+    for stem in train_stems:
+        record = records[stem]
+        image = cv2.imread(str(record.path))
+        if image is None:
+            continue
+        found = detector([image], closeups=False)[0]
+        detections_seen += len(found)
+        if not found:
+            continue
+        taught = teacher(image)
+        faces = np.concatenate([record.boxes.reshape(-1, 4), taught.boxes.reshape(-1, 4)]).astype(np.float32)
+        boxes = np.stack([face.box for face in found]).astype(np.float32)
+        squares: list[tuple[int, int, int, int]] = []
+        for index in np.flatnonzero(false_faces(boxes, faces)):
+            false_seen += 1
+            x1, y1, x2, y2 = boxes[index]
+            if any(sx1 <= x1 and sy1 <= y1 and x2 <= sx2 and y2 <= sy2 for sx1, sy1, sx2, sy2 in squares):
+                continue
+            crop, square = background_crop(image, boxes[index], faces, context, min_side)
+            squares.append(square)
+            name = f"{stem}__negative{len(mined)}"
+            cv2.imwrite(str(images_out / f"{name}.jpg"), crop)
+            (labels_out / f"{name}.txt").write_text("")
+            mined.append(HardNegative(stem, float(found[index].score), boxes[index], square))
+    yaml_path = dataset_dir / "data.yaml"
+    lines = [line for line in yaml_path.read_text().splitlines() if not line.startswith("train:")]
+    lines.insert(1, f"train: [images/train, images/{NEGATIVES_SPLIT}]")
+    yaml_path.write_text("\n".join(lines) + "\n")
+    stats = {"training_images": len(train_stems), "detections": detections_seen, "false_faces": false_seen,
+             "crops": len(mined), "source_images": len({m.source for m in mined}),
+             "negatives": [{"source": m.source, "score": round(m.score, 3),
+                            "box": [round(float(v), 1) for v in m.box], "crop": list(m.crop)} for m in mined]}
+    (dataset_dir / "negatives.json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def draw_negatives_preview(dataset_dir: Path, out_png: Path, count: int = 48, tile: int = 128) -> Path:
+    """A mosaic of mined background crops with the false face boxed, to look at what the detector took for one."""
+    stats = json.loads((dataset_dir / "negatives.json").read_text())
+    tiles = []
+    for number, negative in enumerate(stats["negatives"][:count]):
+        crop = cv2.imread(str(dataset_dir / "images" / NEGATIVES_SPLIT / f"{negative['source']}__negative{number}.jpg"))
+        x1, y1 = negative["crop"][:2]
+        scale = tile / crop.shape[0]
+        box = [(negative["box"][0] - x1) * scale, (negative["box"][1] - y1) * scale,
+               (negative["box"][2] - x1) * scale, (negative["box"][3] - y1) * scale]
+        crop = cv2.resize(crop, (tile, tile))
+        cv2.rectangle(crop, (int(box[0]), int(box[1])), (int(box[2]), int(box[3])), (0, 0, 255), 1)
+        tiles.append(crop)
+    while len(tiles) % 8:
+        tiles.append(np.zeros((tile, tile, 3), np.uint8))
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_png), np.vstack([np.hstack(tiles[i: i + 8]) for i in range(0, len(tiles), 8)]))
+    return out_png
