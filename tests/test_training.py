@@ -297,6 +297,13 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert lines[:2] == [f"initialised from {run / 'last.ckpt'} (trained 2 epochs there)",
                          "ArcFace head started from the centroids of 2 people"]
 
+    lines = []
+    train_embedder(replace(config, epochs=1), tmp_path / "from-shipped", init=run / "embedder.safetensors",
+                   log=lines.append)
+    assert lines[0] == (f"initialised from {run / 'embedder.safetensors'} "
+                        "(network only; distillation projector fitted by least squares)")
+    assert torch.load(tmp_path / "from-shipped" / "last.ckpt", weights_only=True)["epoch"] == 1
+
 
 def test_arcface_head_can_start_from_each_persons_mean_embedding(tmp_path):
     import cv2
@@ -399,3 +406,43 @@ def test_mined_negatives_join_the_training_split_as_background_images(tmp_path, 
     assert len(list((dataset / "images" / "train-negatives").glob("*.jpg"))) == 2
     assert (dataset / "data.yaml").read_text().count("train:") == 1
     assert widerface_data.draw_negatives_preview(dataset, tmp_path / "preview.png").exists()
+
+
+def test_a_schedule_can_start_from_shipped_weights_with_a_fitted_projector(tmp_path):
+    import cv2
+
+    from vidface.embed import EmbedderConfig
+    from vidface.embed_net import EmbedderNet, crops_to_tensor, save_embedder
+    from vidface.research.train.embedder import FaceCropDataset, Student, start_from_shipped_weights
+
+    rng = np.random.default_rng(5)
+    embed_config = EmbedderConfig(embedding_size=16)
+    torch.manual_seed(1)
+    shipped = EmbedderNet(embed_config).eval()
+    save_embedder(shipped, embed_config, tmp_path / "shipped.safetensors")
+    crops = rng.integers(0, 255, (48, 112, 112, 3), dtype=np.uint8)
+    paths = []
+    for index, crop in enumerate(crops):
+        paths.append(tmp_path / f"{index}.png")
+        cv2.imwrite(str(paths[-1]), crop)
+    with torch.no_grad():
+        embeddings = shipped(crops_to_tensor(list(crops), embed_config)).numpy().astype(np.float64)
+    # a teacher that is an exact affine map of the shipped network's embeddings: the fit must find it
+    mapping, offset = rng.normal(size=(16, 8)), rng.normal(size=8)
+    teacher = (embeddings @ mapping + offset).astype(np.float32)
+    config = EmbedderTrainConfig(embedding_size=16, seed=3)
+    dataset = FaceCropDataset(paths, [-1] * len(paths), teacher, config, embed_config)
+    torch.manual_seed(2)
+    student = Student.build(config, embed_config, 1, teacher.shape[1], torch.device("cpu"))
+    student.train()
+    fitted_cosine = start_from_shipped_weights(student, tmp_path / "shipped.safetensors", dataset)
+
+    for key, value in shipped.state_dict().items():
+        torch.testing.assert_close(student.net.state_dict()[key], value)
+    assert student.net.training, "the network is handed back in training mode"
+    assert fitted_cosine > 0.999
+    student.net.eval()
+    with torch.no_grad():
+        projected = student.projector(student.net(crops_to_tensor(list(crops), embed_config)))
+    cosine = torch.nn.functional.cosine_similarity(projected, torch.from_numpy(teacher)).min()
+    assert cosine > 0.999, "the projector maps the embeddings onto the teacher's vectors"

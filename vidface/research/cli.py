@@ -190,7 +190,8 @@ def train_embedder_command(
     device: str = typer.Option("cpu", "--device"),
     resume: bool = typer.Option(False, "--resume", help="continue RUN/last.ckpt (optimizer, schedule, epoch)"),
     init: Optional[str] = typer.Option(None, "--init", help="start a new schedule from 'imagenet' (EfficientNet-Lite0) "
-                                       "or from this last.ckpt's weights; default: the config's 'init'"),
+                                       "or from this last.ckpt's weights, or from a shipped .safetensors (network only); "
+                                       "default: the config's 'init'"),
     export: Optional[Path] = typer.Option(None, "--export", help="copy the trained weights (+ .json) here"),
 ) -> None:
     """Train EfficientNet-B0 + ArcFace with distillation from dlib (config in JSON)."""

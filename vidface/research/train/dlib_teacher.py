@@ -63,14 +63,22 @@ class DlibTeacher:
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
 
 
+def _embed_files(paths: list[Path]) -> np.ndarray:
+    """Teacher vectors of crops read from ``paths`` (one worker process's share)."""
+    return DlibTeacher().embed_aligned([cv2.imread(str(p)) for p in paths])
+
+
 def teacher_cache(image_paths: list[Path], root: Path, cache_file: Path, teacher: DlibTeacher | None = None,
-                  batch: int = 64) -> tuple[list[str], np.ndarray]:
+                  batch: int = 64, processes: int | None = None) -> tuple[list[str], np.ndarray]:
     """Teacher embeddings of every image, computed once and kept in a pickle-free npz.
 
     The cache is keyed by each image's path relative to ``root`` (or the path
     as given, for images outside it); images already in a previous cache are
-    not recomputed.
+    not recomputed. dlib embeds on one core: ``processes`` (default: every
+    core, one when a ``teacher`` is given) share the missing images.
     """
+    import os
+
     names = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in image_paths]
     known: dict[str, np.ndarray] = {}
     if cache_file.exists():
@@ -78,14 +86,26 @@ def teacher_cache(image_paths: list[Path], root: Path, cache_file: Path, teacher
             known = dict(zip(cached["names"].tolist(), cached["embeddings"]))
     missing = [(n, p) for n, p in zip(names, image_paths) if n not in known]
     if missing:
-        teacher = teacher or DlibTeacher()
         from tqdm import tqdm
 
-        for start in tqdm(range(0, len(missing), batch), desc="dlib teacher", unit="batch"):
-            chunk = missing[start : start + batch]
-            crops = [cv2.imread(str(p)) for _, p in chunk]
-            for (name, _), vector in zip(chunk, teacher.embed_aligned(crops)):
-                known[name] = vector
+        processes = processes or (1 if teacher is not None else os.cpu_count() or 1)
+        chunks = [missing[start : start + batch] for start in range(0, len(missing), batch)]
+        bar = tqdm(total=len(chunks), desc="dlib teacher", unit="batch")
+        if processes > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(processes) as pool:
+                results = pool.imap(_embed_files, [[p for _, p in chunk] for chunk in chunks])
+                for chunk, vectors in zip(chunks, results):
+                    known.update((name, vector) for (name, _), vector in zip(chunk, vectors))
+                    bar.update(1)
+        else:
+            teacher = teacher or DlibTeacher()
+            for chunk in chunks:
+                crops = [cv2.imread(str(p)) for _, p in chunk]
+                known.update((name, vector) for (name, _), vector in zip(chunk, teacher.embed_aligned(crops)))
+                bar.update(1)
+        bar.close()
         all_names = sorted(known)
         write_atomically(cache_file, lambda temporary: np.savez(
             temporary, names=np.array(all_names), embeddings=np.stack([known[n] for n in all_names])))

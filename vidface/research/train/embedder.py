@@ -355,6 +355,46 @@ def class_centroids(net: EmbedderNet, dataset: "FaceCropDataset", classes: int, 
     return F.normalize(sums, dim=1).to(device)
 
 
+@torch.no_grad()
+def fit_projector(net: EmbedderNet, projector: nn.Linear, dataset: "FaceCropDataset", device: torch.device,
+                  limit: int = 4096, batch_size: int = 256, seed: int = 0) -> float:
+    """Set ``projector`` to the least-squares map from the network's (un-augmented) embeddings of up to
+    ``limit`` training crops to their teacher vectors; returns the mean cosine it reaches there.
+
+    Shipped weights keep only the network: a random projector would send large, meaningless
+    distillation gradients into a trained network during the first steps of a new schedule.
+    """
+    chosen = np.random.default_rng(seed).choice(len(dataset), min(limit, len(dataset)), replace=False)
+    was_training = net.training
+    net.eval()
+    embeddings = []
+    for start in range(0, len(chosen), batch_size):
+        crops = [dataset.crop(int(index)) for index in chosen[start : start + batch_size]]
+        embeddings.append(net(crops_to_tensor(crops, dataset.embed_config).to(device)).float().cpu())
+    net.train(was_training)
+    inputs = torch.cat(embeddings).double()
+    targets = torch.from_numpy(dataset.teacher[chosen]).double()
+    with_bias = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], dim=1)
+    # a small ridge keeps the solve stable when there are fewer crops than embedding dimensions
+    gram = with_bias.T @ with_bias + 1e-3 * torch.eye(with_bias.shape[1], dtype=inputs.dtype)
+    solution = torch.linalg.solve(gram, with_bias.T @ targets)
+    projector.weight.copy_(solution[:-1].T.float())
+    projector.bias.copy_(solution[-1].float())
+    return float(F.cosine_similarity(with_bias @ solution, targets).mean())
+
+
+def start_from_shipped_weights(student: "Student", weights: Path, dataset: "FaceCropDataset") -> float:
+    """A new schedule from a shipped ``.safetensors`` embedder (no head, no projector, no optimizer in it)."""
+    from ...embed_net import load_embedder_net
+
+    shipped, shipped_config = load_embedder_net(weights)
+    if shipped_config.embedding_size != student.config.embedding_size:
+        raise ValueError(f"{weights} embeds to {shipped_config.embedding_size} dimensions, the config to "
+                         f"{student.config.embedding_size}")
+    student.net.load_state_dict(shipped.state_dict())
+    return fit_projector(student.net, student.projector, dataset, student.device, seed=student.config.seed)
+
+
 def _lr_at(step: float, total: float, warmup: float, base: float) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -401,7 +441,10 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
             f"{report.opened_gates} squeeze-excitation gates opened")
     elif source is None and config.init != "random":
         raise ValueError(f"unknown init {config.init!r} (random or imagenet)")
-    if source is not None:
+    if source is not None and source != checkpoint and Path(source).suffix == ".safetensors":
+        start_from_shipped_weights(student, Path(source), dataset)
+        log(f"initialised from {source} (network only; distillation projector fitted by least squares)")
+    elif source is not None:
         state = torch.load(source, map_location=target, weights_only=True)
         for module, key in ((net, "net"), (head, "head"), (projector, "projector")):
             module.load_state_dict(state[key])
