@@ -63,9 +63,18 @@ class DlibTeacher:
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
 
 
+#: the teacher of a worker process of :func:`teacher_cache`, loaded once per process
+_worker_teacher: DlibTeacher | None = None
+
+
+def _load_worker_teacher() -> None:
+    global _worker_teacher
+    _worker_teacher = DlibTeacher()
+
+
 def _embed_files(paths: list[Path]) -> np.ndarray:
     """Teacher vectors of crops read from ``paths`` (one worker process's share)."""
-    return DlibTeacher().embed_aligned([cv2.imread(str(p)) for p in paths])
+    return _worker_teacher.embed_aligned([cv2.imread(str(p)) for p in paths])
 
 
 def teacher_cache(image_paths: list[Path], root: Path, cache_file: Path, teacher: DlibTeacher | None = None,
@@ -94,7 +103,7 @@ def teacher_cache(image_paths: list[Path], root: Path, cache_file: Path, teacher
         if processes > 1:
             import multiprocessing
 
-            with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            with multiprocessing.get_context("spawn").Pool(processes, _load_worker_teacher) as pool:
                 results = pool.imap(_embed_files, [[p for _, p in chunk] for chunk in chunks])
                 for chunk, vectors in zip(chunks, results):
                     known.update((name, vector) for (name, _), vector in zip(chunk, vectors))
