@@ -446,3 +446,27 @@ def test_a_schedule_can_start_from_shipped_weights_with_a_fitted_projector(tmp_p
         projected = student.projector(student.net(crops_to_tensor(list(crops), embed_config)))
     cosine = torch.nn.functional.cosine_similarity(projected, torch.from_numpy(teacher)).min()
     assert cosine > 0.999, "the projector maps the embeddings onto the teacher's vectors"
+
+
+def test_teacher_vectors_are_the_same_from_one_or_several_processes(tmp_path):
+    pytest.importorskip("dlib", reason="the dlib teacher needs the train extra (dlib-bin)")
+    import importlib.util
+
+    if importlib.util.find_spec("face_recognition_models") is None:
+        pytest.skip("the dlib teacher needs face-recognition-models (the train extra)")
+    import cv2
+
+    from vidface.research.train.dlib_teacher import teacher_cache
+
+    rng = np.random.default_rng(7)
+    paths = []
+    for index in range(6):
+        paths.append(tmp_path / "crops" / f"{index}.png")
+        paths[-1].parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(paths[-1]), rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
+    names, alone = teacher_cache(paths, tmp_path, tmp_path / "one.npz", processes=1, batch=4)
+    _, shared = teacher_cache(paths, tmp_path, tmp_path / "two.npz", processes=2, batch=4)
+    assert names == [f"crops/{index}.png" for index in range(6)]
+    np.testing.assert_allclose(shared, alone, atol=1e-6)
+    with np.load(tmp_path / "two.npz", allow_pickle=False) as cached:
+        assert sorted(cached["names"].tolist()) == sorted(names), "every vector is cached"
