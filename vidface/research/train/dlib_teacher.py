@@ -9,6 +9,8 @@ Needs the optional packages ``dlib-bin`` and ``face-recognition-models``.
 from __future__ import annotations
 
 import importlib.util
+import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import cv2
@@ -72,9 +74,9 @@ def _load_worker_teacher() -> None:
     _worker_teacher = DlibTeacher()
 
 
-def _embed_files(paths: list[Path]) -> np.ndarray:
-    """Teacher vectors of crops read from ``paths`` (one worker process's share)."""
-    return _worker_teacher.embed_aligned([cv2.imread(str(p)) for p in paths])
+def _embed_files(paths: list[Path], teacher: DlibTeacher | None = None) -> np.ndarray:
+    """Teacher vectors of the crops read from ``paths``, by ``teacher`` or this worker process's own."""
+    return (teacher or _worker_teacher).embed_aligned([cv2.imread(str(p)) for p in paths])
 
 
 def teacher_cache(image_paths: list[Path], root: Path, cache_file: Path, teacher: DlibTeacher | None = None,
@@ -86,8 +88,6 @@ def teacher_cache(image_paths: list[Path], root: Path, cache_file: Path, teacher
     not recomputed. dlib embeds on one core: ``processes`` (default: every
     core, one when a ``teacher`` is given) share the missing images.
     """
-    import os
-
     names = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in image_paths]
     known: dict[str, np.ndarray] = {}
     if cache_file.exists():
@@ -97,24 +97,20 @@ def teacher_cache(image_paths: list[Path], root: Path, cache_file: Path, teacher
     if missing:
         from tqdm import tqdm
 
+        import multiprocessing
+
         processes = processes or (1 if teacher is not None else os.cpu_count() or 1)
         chunks = [missing[start : start + batch] for start in range(0, len(missing), batch)]
-        bar = tqdm(total=len(chunks), desc="dlib teacher", unit="batch")
-        if processes > 1:
-            import multiprocessing
-
-            with multiprocessing.get_context("spawn").Pool(processes, _load_worker_teacher) as pool:
-                results = pool.imap(_embed_files, [[p for _, p in chunk] for chunk in chunks])
-                for chunk, vectors in zip(chunks, results):
-                    known.update((name, vector) for (name, _), vector in zip(chunk, vectors))
-                    bar.update(1)
-        else:
-            teacher = teacher or DlibTeacher()
-            for chunk in chunks:
-                crops = [cv2.imread(str(p)) for _, p in chunk]
-                known.update((name, vector) for (name, _), vector in zip(chunk, teacher.embed_aligned(crops)))
-                bar.update(1)
-        bar.close()
+        chunk_paths = [[p for _, p in chunk] for chunk in chunks]
+        with (multiprocessing.get_context("spawn").Pool(processes, _load_worker_teacher) if processes > 1
+              else nullcontext()) as pool:
+            if pool is not None:
+                results = pool.imap(_embed_files, chunk_paths)
+            else:
+                teacher = teacher or DlibTeacher()
+                results = (_embed_files(paths, teacher) for paths in chunk_paths)
+            for chunk, vectors in tqdm(zip(chunks, results), total=len(chunks), desc="dlib teacher", unit="batch"):
+                known.update((name, vector) for (name, _), vector in zip(chunk, vectors))
         all_names = sorted(known)
         write_atomically(cache_file, lambda temporary: np.savez(
             temporary, names=np.array(all_names), embeddings=np.stack([known[n] for n in all_names])))

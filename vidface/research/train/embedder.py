@@ -338,20 +338,27 @@ class Student:
 
 
 @torch.no_grad()
+def plain_embeddings(net: EmbedderNet, dataset: "FaceCropDataset", indices: list[int], device: torch.device,
+                     batch_size: int = 256) -> torch.Tensor:
+    """``float32 (len(indices), D)`` raw embeddings (on the CPU) of the dataset's un-augmented crops at
+    ``indices``, in eval mode; the network is handed back in the mode it came in."""
+    was_training = net.training
+    net.eval()
+    embeddings = []
+    for start in range(0, len(indices), batch_size):
+        crops = [dataset.crop(int(index)) for index in indices[start : start + batch_size]]
+        embeddings.append(net(crops_to_tensor(crops, dataset.embed_config).to(device)).float().cpu())
+    net.train(was_training)
+    return torch.cat(embeddings) if embeddings else torch.zeros(0, dataset.embed_config.embedding_size)
+
+
 def class_centroids(net: EmbedderNet, dataset: "FaceCropDataset", classes: int, device: torch.device,
                     batch_size: int = 256) -> torch.Tensor:
     """``(classes, D)`` unit vectors: each labelled class's mean normalised embedding of its un-augmented crops."""
     labels = torch.as_tensor(dataset.labels)
     labelled = torch.nonzero(labels >= 0).flatten().tolist()
-    sums = torch.zeros(classes, dataset.embed_config.embedding_size)
-    was_training = net.training
-    net.eval()
-    for start in range(0, len(labelled), batch_size):
-        chosen = labelled[start : start + batch_size]
-        crops = [dataset.crop(index) for index in chosen]
-        embeddings = F.normalize(net(crops_to_tensor(crops, dataset.embed_config).to(device)).float(), dim=1)
-        sums.index_add_(0, labels[chosen], embeddings.cpu())
-    net.train(was_training)
+    embeddings = F.normalize(plain_embeddings(net, dataset, labelled, device, batch_size), dim=1)
+    sums = torch.zeros(classes, dataset.embed_config.embedding_size).index_add_(0, labels[labelled], embeddings)
     return F.normalize(sums, dim=1).to(device)
 
 
@@ -365,14 +372,7 @@ def fit_projector(net: EmbedderNet, projector: nn.Linear, dataset: "FaceCropData
     distillation gradients into a trained network during the first steps of a new schedule.
     """
     chosen = np.random.default_rng(seed).choice(len(dataset), min(limit, len(dataset)), replace=False)
-    was_training = net.training
-    net.eval()
-    embeddings = []
-    for start in range(0, len(chosen), batch_size):
-        crops = [dataset.crop(int(index)) for index in chosen[start : start + batch_size]]
-        embeddings.append(net(crops_to_tensor(crops, dataset.embed_config).to(device)).float().cpu())
-    net.train(was_training)
-    inputs = torch.cat(embeddings).double()
+    inputs = plain_embeddings(net, dataset, chosen.tolist(), device, batch_size).double()
     targets = torch.from_numpy(dataset.teacher[chosen]).double()
     with_bias = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], dim=1)
     # a small ridge keeps the solve stable when there are fewer crops than embedding dimensions
@@ -441,8 +441,8 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
             f"{report.opened_gates} squeeze-excitation gates opened")
     elif source is None and config.init != "random":
         raise ValueError(f"unknown init {config.init!r} (random or imagenet)")
-    if source is not None and source != checkpoint and Path(source).suffix == ".safetensors":
-        start_from_shipped_weights(student, Path(source), dataset)
+    if source is not None and source != checkpoint and source.suffix == ".safetensors":
+        start_from_shipped_weights(student, source, dataset)
         log(f"initialised from {source} (network only; distillation projector fitted by least squares)")
     elif source is not None:
         state = torch.load(source, map_location=target, weights_only=True)
