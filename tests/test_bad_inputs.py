@@ -1,4 +1,4 @@
-"""Forty bad inputs through the real ``vidface`` process.
+"""Bad inputs, one per case we know of, through the real ``vidface`` process.
 
 For each: exactly one line on stderr, the documented exit code, no
 traceback, nothing left behind, and every input byte for byte unchanged.
@@ -7,6 +7,7 @@ traceback, nothing left behind, and every input byte for byte unchanged.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +52,9 @@ def world(tmp_path_factory, random_models):
     (root / "existing.vidface.mp4").write_bytes(b"an earlier result")
     (root / "a_file").write_text("a file, not a folder")
     (root / "out_folder").mkdir()
+    (root / "logged.json").write_text(json.dumps({"schema": 1, "input": {"path": str(root / "good.mp4")}, "tracks": [
+        {"track_id": 1, "identity": None, "display_id": "unknown-1",
+         "detections": [{"frame": 0, "box": [10.0, 40.0, 50.0, 80.0], "score": 0.9}]}]}))
     return root
 
 
@@ -127,6 +131,19 @@ CASES = [
     ("webcam source not a video", ["webcam", "--source", "{root}/notimage.jpg", "--no-display", *MODELS[:-1]],
      "input"),
     ("webcam source missing", ["webcam", "--source", "{root}/gone.mp4", "--no-display", *MODELS[:-1]], "input"),
+    # enrolling a logged track into a gallery
+    ("enroll from a missing log", ["gallery", "enroll", "{root}/gone.json", "-t", "unknown-1", "--as", "Jo",
+                                   "-g", "{root}/gallery_enrolled"], "input"),
+    ("enroll from a text file", ["gallery", "enroll", "{root}/notimage.jpg", "-t", "unknown-1", "--as", "Jo",
+                                 "-g", "{root}/gallery_enrolled"], "input"),
+    ("enroll a track the log lacks", ["gallery", "enroll", "{root}/logged.json", "-t", "unknown-5", "--as", "Jo",
+                                      "-g", "{root}/gallery_enrolled"], "usage"),
+    ("enroll a stranger without a name", ["gallery", "enroll", "{root}/logged.json", "-t", "unknown-1",
+                                          "-g", "{root}/gallery_enrolled"], "usage"),
+    ("enroll into a file", ["gallery", "enroll", "{root}/logged.json", "-t", "unknown-1", "--as", "Jo",
+                            "-g", "{root}/gallery_file"], "gallery"),
+    ("enroll from another video", ["gallery", "enroll", "{root}/logged.json", "-t", "unknown-1", "--as", "Jo",
+                                   "--video", "{root}/text.mp4", "-g", "{root}/gallery_enrolled"], "input"),
     ("batch finds nothing", ["batch", "{root}/gallery_empty", "--out-dir", "{root}/out_folder", *MODELS], "input"),
 ]
 if not torch.cuda.is_available():

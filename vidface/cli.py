@@ -259,6 +259,29 @@ def gallery_show(
     out.print(table)
 
 
+@gallery_app.command("enroll")
+def gallery_enroll(
+    log: Path = typer.Argument(..., metavar="LOG", help="track log of an annotated video (VIDEO.vidface.json)"),
+    track: list[str] = typer.Option(..., "--track", "-t", metavar="ID",
+                                    help="the track: its display id (unknown-3), name or number; repeat for several"),
+    gallery: Path = typer.Option(..., "--gallery", "-g", metavar="DIR", help="gallery folder to add the photos to"),
+    person: Optional[str] = typer.Option(None, "--as", metavar="NAME",
+                                         help="who it is: the person's folder in the gallery  [default: the "
+                                              "track's gallery name]"),
+    video: Optional[Path] = typer.Option(None, "--video", metavar="VIDEO",
+                                         help="the video the log was made from  [default: the log's input path]"),
+    photos: int = typer.Option(5, "--photos", min=1, max=50, metavar="N",
+                               help="photos to cut, spread over the track  [default: 5]"),
+) -> None:
+    """Add a person from a video: cut a logged track's best faces into the gallery, so later runs name them."""
+    from .enroll import enroll_track
+
+    result = enroll_track(log, track, gallery, person=person, video=video, photos=photos)
+    frames = ", ".join(str(index) for index in result.frames)
+    out.print(f"{result.folder}: {len(result.written)} new photos of {result.person} from {result.video} "
+              f"(frames {frames}; {len(result.existing)} there already)", markup=False, highlight=False)
+
+
 def _read_image(path: Path):
     import cv2
 
