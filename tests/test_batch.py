@@ -168,3 +168,71 @@ def test_patterns_match_whatever_the_case(tmp_path):
         (tmp_path / "in" / name).write_bytes(b"x")
     items, _ = collect_inputs([str(tmp_path / "in")], "*.mp4")
     assert sorted(item.source.name for item in items) == ["a.mp4", "b.MP4", "c.Mp4"]
+
+
+def test_people_index_lists_who_is_in_which_video_over_every_run(tmp_path, fake_stages):
+    """people.json / people.csv cover every file annotated into the out-dir, this run's and earlier runs'."""
+    import csv
+
+    import cv2
+
+    from vidface.batch import INDEX_CSV_NAME, INDEX_NAME, run_batch
+    from vidface.io import VideoReader
+    from vidface.pipeline import AnnotateSettings, Models
+
+    detector, embedder = fake_stages
+    first_in, later_in = tmp_path / "monday", tmp_path / "tuesday"
+    (first_in / "nested").mkdir(parents=True)
+    later_in.mkdir()
+    make_video(first_in / "a.mp4", frames=10, fps=10)
+    make_video(first_in / "nested" / "b.mp4", frames=6, fps=10)
+    make_video(later_in / "c.mp4", frames=8, fps=10)
+    with VideoReader(first_in / "a.mp4") as reader:
+        still = next(iter(reader)).image
+    (tmp_path / "gallery" / "Square").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "gallery" / "Square" / "still.png"), still)
+    out = tmp_path / "out"
+    settings = AnnotateSettings(match_threshold=0.99, write_video=False)
+    models = Models(detector, embedder, "cpu")
+    run_batch([str(first_in)], out, tmp_path / "gallery", settings, recursive=True, models=models)
+    first = json.loads((out / INDEX_NAME).read_text())
+    assert first["videos"] == 2
+    assert [p["name"] for p in first["people"]] == ["Square"] and first["unknown"] == []
+    square = first["people"][0]
+    assert [a["log"] for a in square["appearances"]] == ["a.vidface.json", "nested/b.vidface.json"]
+    assert square["appearances"][0]["video"] == str(first_in / "a.mp4")
+    assert square["appearances"][0]["spans"] == [[0.0, pytest.approx(1.0)]]
+    assert square["seconds"] == pytest.approx(1.0 + 0.6)
+
+    manifest_file = out / "a.vidface.done.json"  # a manifest from before the index: read from its log
+    manifest = json.loads(manifest_file.read_text())
+    del manifest["appearances"]
+    manifest_file.write_text(json.dumps(manifest))
+    run_batch([str(later_in)], out, tmp_path / "gallery", settings, models=models)
+    index = json.loads((out / INDEX_NAME).read_text())
+    assert index["videos"] == 3
+    assert [a["log"] for a in index["people"][0]["appearances"]] == ["a.vidface.json", "c.vidface.json",
+                                                                     "nested/b.vidface.json"]
+    assert index["people"][0]["appearances"][0] == square["appearances"][0]
+    rows = list(csv.DictReader((out / INDEX_CSV_NAME).read_text().splitlines()))
+    assert [(r["name"], r["known"], r["log"]) for r in rows] == [
+        ("Square", "yes", "a.vidface.json"), ("Square", "yes", "c.vidface.json"), ("Square", "yes", "nested/b.vidface.json")]
+    assert rows[1]["spans"] == "0.00-0.80" and rows[1]["seconds"] == "0.80"
+
+
+def test_people_index_keeps_strangers_per_video():
+    from vidface.tracklog import people_csv, people_index
+
+    stranger = {"name": "unknown-1", "known": False, "from_s": 2.0, "to_s": 3.0, "seconds": 1.0, "score": 0.41,
+                "spans": [[2.0, 3.0]]}
+    ann = {"name": "Ann", "known": True, "from_s": 0.0, "to_s": 9.0, "seconds": 4.0, "score": 0.8,
+           "spans": [[0.0, 2.0], [7.0, 9.0]]}
+    index = people_index([("y.vidface.json", "/v/y.mp4", [stranger]), ("x.vidface.json", "/v/x.mp4", [ann, stranger])])
+    assert [u["log"] for u in index["unknown"]] == ["x.vidface.json", "y.vidface.json"], "one stranger per video"
+    assert index["people"] == [{"name": "Ann", "videos": 1, "seconds": 4.0, "appearances": [
+        {"video": "/v/x.mp4", "log": "x.vidface.json", "from_s": 0.0, "to_s": 9.0, "seconds": 4.0, "score": 0.8,
+         "spans": [[0.0, 2.0], [7.0, 9.0]]}]}]
+    lines = people_csv(index).splitlines()
+    assert lines[0] == "name,known,video,log,from_s,to_s,seconds,score,spans"
+    assert lines[1] == "Ann,yes,/v/x.mp4,x.vidface.json,0.00,9.00,4.00,0.8000,0.00-2.00 7.00-9.00"
+    assert lines[2].startswith("unknown-1,no,/v/x.mp4,")

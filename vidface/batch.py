@@ -13,7 +13,8 @@
   succeeds it keeps the batch's exit code non-zero (cron's monitoring stays
   red), unless ``accept_known_failures`` is set and it failed before.
 - ``batch-summary.json`` holds the last run; ``batch-history.jsonl`` gets a
-  line per run.
+  line per run; ``people.json`` and ``people.csv`` say who is in which video
+  over everything annotated into the out-dir (from the manifests).
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BusyError, InputError, OutputError, VidfaceError
-from .files import write_json_atomic
+from .files import write_json_atomic, write_text_atomic
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts"}
 LOCK_NAME = ".vidface-batch.lock"
 SUMMARY_NAME = "batch-summary.json"
 HISTORY_NAME = "batch-history.jsonl"
+#: who appears in which video, over the whole out-dir (JSON, and CSV for spreadsheets)
+INDEX_NAME = "people.json"
+INDEX_CSV_NAME = "people.csv"
+#: the manifest beside each finished output
+DONE_SUFFIX = ".vidface.done.json"
 #: exit code of a batch in which some files failed (others may have succeeded)
 EXIT_SOME_FAILED = 10
 
@@ -248,11 +254,13 @@ class Job:
 def annotate_job(job: Job, gallery, gallery_folder: Path | None, settings, models, on_frames=None) -> dict:
     """Annotate ``job``'s file into its outputs, the manifest published with them; raises :class:`VidfaceError`."""
     from .pipeline import annotate
+    from .tracklog import video_appearances
 
     def manifest(result) -> dict:
         people = [row["identity"] for row in result.summary]
         return {"identity": job.identity, "frames": result.frames, "people": people,
-                "outputs": [str(p) for p in job.outputs], "finished": time.time()}
+                "outputs": [str(p) for p in job.outputs], "finished": time.time(),
+                "video": str(job.source), "appearances": video_appearances(result.document)}
 
     job.log_out.parent.mkdir(parents=True, exist_ok=True)
     result = annotate(job.source, gallery, job.video_out, job.log_out, settings, models, overwrite=True,
@@ -306,7 +314,7 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
             video_out = (out_dir / item.relative).with_suffix("")
             video_out = video_out.with_name(video_out.name + ".vidface.mp4")
             log_out = video_out.with_suffix(".json")
-            done_file = video_out.with_name(video_out.name.replace(".vidface.mp4", ".vidface.done.json"))
+            done_file = video_out.with_name(video_out.name.replace(".vidface.mp4", DONE_SUFFIX))
             try:
                 identity = {"input": input_identity(item.source), **recipe}
             except OSError as error:
@@ -393,11 +401,36 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
         result.exit_code = EXIT_SOME_FAILED if failing else 0
         summary["exit_code"] = result.exit_code
         write_json_atomic(summary, result.summary_path)
+        write_people_index(out_dir)
         history = {key: summary[key] for key in ("finished", "counts", "exit_code")}
         history["failed"] = [item.record()["input"] for item in all_items if item.status == "failed"]
         with open(out_dir / HISTORY_NAME, "a") as stream:
             stream.write(json.dumps(history) + "\n")
         return result
+
+
+def write_people_index(out_dir: Path) -> Path:
+    """``people.json`` and ``people.csv`` in ``out_dir``: who appears in which video, over every file
+    annotated into it (this run's and earlier ones', whatever inputs they came from), read from the
+    manifests (a manifest of an older version without ``appearances``: from its log)."""
+    from .tracklog import people_csv, people_index, video_appearances
+
+    videos = []
+    for done_file in sorted(out_dir.rglob("*" + DONE_SUFFIX)):
+        manifest = _read_json(done_file)
+        log = done_file.with_name(done_file.name[: -len(DONE_SUFFIX)] + ".vidface.json")
+        if not manifest or not log.is_file():
+            continue
+        rows, video = manifest.get("appearances"), manifest.get("video")
+        if rows is None:
+            document = _read_json(log)
+            if not document or document.get("schema") != 1:
+                continue
+            rows, video = video_appearances(document), (document.get("input") or {}).get("path")
+        videos.append((str(log.relative_to(out_dir)), video, rows))
+    index = people_index(videos)
+    write_text_atomic(people_csv(index), out_dir / INDEX_CSV_NAME)
+    return write_json_atomic(index, out_dir / INDEX_NAME)
 
 
 def _failed_file(done_file: Path) -> Path:

@@ -518,7 +518,7 @@ def batch(
     Every failure is printed, one line each, even with --quiet. Exit code: 0
     all done, 10 some inputs failing, other codes: nothing could start.
     """
-    from .batch import run_batch
+    from .batch import INDEX_CSV_NAME, INDEX_NAME, run_batch
 
     check_redaction(redact, redact_style)
     settings = _settings(device=device, backend=backend, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
@@ -546,7 +546,8 @@ def batch(
                           ", ".join(item.people) or "-", item.error or "")
         out.print(table)
         out.print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
-                  f"summary: {result.summary_path}", markup=False, highlight=False)
+                  f"summary: {result.summary_path}; who is in which video: {out_dir / INDEX_NAME} "
+                  f"(and {INDEX_CSV_NAME})", markup=False, highlight=False)
     if result.exit_code:
         sys.exit(result.exit_code)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .draw import identity_colour
 from .structures import FrameResult
-from .tracklog import appearances, summarize
+from .tracklog import appearances, frame_duration_of, summarize
 
 THUMBNAIL_SIZE = 96
 
@@ -112,8 +112,7 @@ def _timeline_svg(rows: list[dict], spans: dict[str, list[tuple[float, float]]],
 def report_html(document: dict[str, Any], thumbnails: dict[int, tuple[float, bytes]], title: str) -> str:
     """The self-contained HTML report of one track log (``thumbnails`` from :class:`ThumbnailSink`)."""
     info = document["input"]
-    fps = info.get("fps") or 0
-    frame_duration = 1.0 / fps if fps else 0.0
+    frame_duration = frame_duration_of(document)
     rows = summarize(document, frame_duration)
     spans = appearances(document, frame_duration)
     best: dict[str, tuple[float, bytes]] = {}

@@ -176,3 +176,62 @@ def srt(cues: list[tuple[float, float, list[str]]]) -> str:
     """SubRip text of the cues."""
     return "\n".join(f"{number}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{', '.join(names)}\n"
                      for number, (start, end, names) in enumerate(cues, start=1))
+
+
+def frame_duration_of(document: dict[str, Any]) -> float:
+    """Seconds one frame of the log's video is shown (0 when its frame rate is unknown)."""
+    fps = (document.get("input") or {}).get("fps")
+    return 1.0 / fps if fps else 0.0
+
+
+def video_appearances(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Who is in one log's video: per person (``name``: a gallery name or ``unknown-N``), ``known``,
+    first and last appearance, seconds on screen, ``score`` (see :func:`summarize`) and the ``spans``
+    ``[[start_s, end_s], ...]`` on screen. Small: it is what a batch manifest keeps for the people index."""
+    duration = frame_duration_of(document)
+    spans = appearances(document, duration)
+    return [{"name": row["identity"], "known": row["known"], "from_s": row["from_s"], "to_s": row["to_s"],
+             "seconds": row["seconds"], "score": row["score"],
+             "spans": [[start, end] for start, end in spans.get(row["identity"], [])]}
+            for row in summarize(document, duration)]
+
+
+def people_index(videos: list[tuple[str, str | None, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Who appears in which video, over many videos (``(log path, video path, video_appearances)``):
+    per named person every video they are in, with their spans on screen; the strangers
+    (``unknown-N``, numbered per video) video by video. People by name, videos by log path."""
+    people: dict[str, list[dict[str, Any]]] = {}
+    strangers: list[dict[str, Any]] = []
+    for log_path, video, rows in sorted(videos, key=lambda entry: entry[0]):
+        for row in rows:
+            entry = {"video": video, "log": log_path, **{k: row[k] for k in ("from_s", "to_s", "seconds", "score",
+                                                                               "spans")}}
+            if row["known"]:
+                people.setdefault(row["name"], []).append(entry)
+            else:
+                strangers.append({"display_id": row["name"], **entry})
+    return {
+        "schema": SCHEMA,
+        "videos": len(videos),
+        "people": [{"name": name, "videos": len(entries), "seconds": round(sum(e["seconds"] for e in entries), 3),
+                    "appearances": entries} for name, entries in sorted(people.items())],
+        "unknown": strangers,
+    }
+
+
+def people_csv(index: dict[str, Any]) -> str:
+    """:func:`people_index` as CSV, a row per person per video (spreadsheets, newsroom tools)."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["name", "known", "video", "log", "from_s", "to_s", "seconds", "score", "spans"])
+    rows = [(person["name"], True, entry) for person in index["people"] for entry in person["appearances"]]
+    rows += [(entry["display_id"], False, entry) for entry in index["unknown"]]
+    for name, known, entry in rows:
+        spans = " ".join(f"{start:.2f}-{end:.2f}" for start, end in entry["spans"])
+        writer.writerow([name, "yes" if known else "no", entry["video"], entry["log"], f"{entry['from_s']:.2f}",
+                         f"{entry['to_s']:.2f}", f"{entry['seconds']:.2f}",
+                         "" if entry["score"] is None else f"{entry['score']:.4f}", spans])
+    return text.getvalue()
