@@ -116,6 +116,7 @@ def test_annotate_writes_subtitles_and_a_report_with_the_outputs(tmp_path, fake_
     page = (tmp_path / "clip.vidface.html").read_text()
     assert page.count('class="bar"') == 1 and "data:image/jpeg;base64," in page and "unknown-1" in page
     assert "<script" not in page and "http" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert f"vidface gallery enroll {tmp_path / 'clip.vidface.json'} -t unknown-1" in page, "how to name the stranger"
 
 
 def test_the_report_renders_in_a_headless_browser(tmp_path, fake_stages):

@@ -501,7 +501,8 @@ def companion_documents(paths: OutputPaths, document: dict, thumbnails, info: Vi
         cues = subtitle_cues(document, frame_duration)
         texts[paths.subtitles[0]], texts[paths.subtitles[1]] = webvtt(cues), srt(cues)
     if paths.report:
-        texts[paths.report] = report_html(document, thumbnails.jpegs() if thumbnails else {}, Path(info.path).name)
+        texts[paths.report] = report_html(document, thumbnails.jpegs() if thumbnails else {}, Path(info.path).name,
+                                          paths.log)
     return texts
 
 

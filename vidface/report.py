@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,10 @@ def _timeline_svg(rows: list[dict], spans: dict[str, list[tuple[float, float]]],
     return "".join(parts)
 
 
-def report_html(document: dict[str, Any], thumbnails: dict[int, tuple[float, bytes]], title: str) -> str:
-    """The self-contained HTML report of one track log (``thumbnails`` from :class:`ThumbnailSink`)."""
+def report_html(document: dict[str, Any], thumbnails: dict[int, tuple[float, bytes]], title: str,
+                log_path: Path | None = None) -> str:
+    """The self-contained HTML report of one track log (``thumbnails`` from :class:`ThumbnailSink`);
+    with ``log_path``, it says how to name a stranger (``vidface gallery enroll``)."""
     info = document["input"]
     frame_duration = frame_duration_of(document)
     rows = summarize(document, frame_duration)
@@ -133,6 +136,13 @@ def report_html(document: dict[str, Any], thumbnails: dict[int, tuple[float, byt
                     f"<td>{row['seconds']:.1f} s</td><td>{row['tracks']}</td><td>{score}</td></tr>")
     people = "\n".join(body) or "<tr><td colspan='8'>nobody was seen</td></tr>"
     gallery = document.get("gallery") or {}
+    strangers = [row["identity"] for row in rows if not row["known"]]
+    enroll = ""
+    if strangers and log_path is not None:
+        command = (f"vidface gallery enroll {shlex.quote(str(log_path))} -t {shlex.quote(strangers[0])} "
+                   f"--as 'Their Name' -g {shlex.quote(str(gallery.get('path') or 'faces/'))}")
+        enroll = (f"<p class='meta'>Know someone who is not in the gallery? Add them from this video, and "
+                  f"later runs name them: <code>{html.escape(command)}</code></p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -156,5 +166,6 @@ td img {{ width: {THUMBNAIL_SIZE}px; height: {THUMBNAIL_SIZE}px; border-radius: 
 <tbody>
 {people}
 </tbody></table>
+{enroll}
 </body></html>
 """
