@@ -14,7 +14,7 @@ from rich.table import Table
 from ..cli_options import (BackendOption, CloseupEveryOption, CloseupsOption, DetConfOption, DetectorOption,
                            DeviceOption, EmbedEveryOption, EmbedderOption, FlipOption, FrameSkipOption, ImgszOption,
                            MatchThresholdOption)
-from ..errors import GalleryError
+from ..errors import DataError, GalleryError
 from ..files import write_json_atomic
 
 data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Prepare training data sets.")
@@ -100,21 +100,46 @@ def data_wider_crops(
     out.print(f"{stats['faces']} crops from {stats['images']} images in {out_dir}")
 
 
+#: what one device-machine call carries: the working tree (tracked files) and the carried paths together
+DEVICE_CALL_MIB = 64.0
+
+
+def tracked_tree_mib(repo: Path = Path(".")) -> float | None:
+    """Size of the files git tracks in ``repo`` (what travels with every device call), or ``None``."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    paths = [repo / name for name in listed.decode().split("\0") if name]
+    return sum(path.stat().st_size for path in paths if path.is_file()) / 2**20
+
+
 @data_app.command("pack-faces")
 def data_pack_faces(
     config: Path = typer.Option(Path("configs/embedder-gpu.json"), "--config",
                                 help="the embedder config whose training faces (and teacher cache) to pack"),
     out_dir: Path = typer.Option(Path("device_carry/faces"), "--out", help="folder for the archive parts"),
-    max_mib: float = typer.Option(60.0, "--max-mib", help="largest part (a GPU machine call carries 64 MiB)"),
+    max_mib: Optional[float] = typer.Option(None, "--max-mib",
+                                            help="largest part  [default: what a device call carries (64 MiB) "
+                                                 "less the tracked working tree, less 2 MiB]"),
 ) -> None:
-    """The embedder's training faces and teacher cache as tar parts, to carry to a GPU machine.
+    """The embedder's training faces and teacher cache as zip parts, to carry to a GPU machine, one a call.
 
-    Unpack every part into one folder there and point VIDFACE_DATA at it; the
-    crops keep their paths relative to the data root, and our own sets (for
-    example cache/faces-wider) keep theirs.
+    Unpack every part into one folder there (``python3 -m zipfile -e PART DEST``)
+    and point VIDFACE_DATA at it; the crops keep their paths relative to the data
+    root, and our own sets (for example cache/faces-wider) keep theirs.
     """
     from .train.embedder import EmbedderTrainConfig, pack_training_faces
 
+    if max_mib is None:
+        tree = tracked_tree_mib()
+        if tree is None:
+            raise DataError("cannot size the working tree (not a git checkout?); give --max-mib")
+        max_mib = DEVICE_CALL_MIB - tree - 2.0
+        if max_mib < 4:
+            raise DataError(f"the tracked working tree ({tree:.0f} MiB) leaves no room in a device call")
     parts = pack_training_faces(EmbedderTrainConfig.load(config), out_dir, int(max_mib * 2**20))
     for part in parts:
         out.print(f"{part}  {part.stat().st_size / 2**20:.1f} MiB", markup=False, highlight=False)

