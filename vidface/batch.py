@@ -260,7 +260,7 @@ def annotate_job(job: Job, gallery, gallery_folder: Path | None, settings, model
         people = [row["identity"] for row in result.summary]
         return {"identity": job.identity, "frames": result.frames, "people": people,
                 "outputs": [str(p) for p in job.outputs], "finished": time.time(),
-                "video": str(job.source), "appearances": video_appearances(result.document)}
+                "video": os.path.abspath(job.source), "appearances": video_appearances(result.document)}
 
     job.log_out.parent.mkdir(parents=True, exist_ok=True)
     result = annotate(job.source, gallery, job.video_out, job.log_out, settings, models, overwrite=True,

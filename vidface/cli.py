@@ -271,7 +271,7 @@ def gallery_enroll(
     video: Optional[Path] = typer.Option(None, "--video", metavar="VIDEO",
                                          help="the video the log was made from  [default: the log's input path]"),
     photos: int = typer.Option(5, "--photos", min=1, max=50, metavar="N",
-                               help="photos to cut, spread over the track  [default: 5]"),
+                               help="photos to cut, spread over the track"),
 ) -> None:
     """Add a person from a video: cut a logged track's best faces into the gallery, so later runs name them."""
     from .enroll import enroll_track
