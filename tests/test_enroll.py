@@ -128,6 +128,10 @@ def test_bad_requests_are_clean_errors(tmp_path, clip, capsys):
     (tmp_path / "file").write_text("a file")
     with pytest.raises(GalleryError):
         enroll_track(log, ["unknown-1"], tmp_path / "file", person="Jane")
+    (tmp_path / "broken.json").write_text(json.dumps({"schema": 1, "tracks": [
+        {"display_id": "unknown-1", "identity": None, "detections": [{"box": [1, 2, "x", 40], "frame": 0}]}]}))
+    with pytest.raises(InputError, match="well-formed"):
+        enroll_track(tmp_path / "broken.json", ["unknown-1"], tmp_path / "g", person="Jane")
     (tmp_path / "not-a-log.json").write_text('{"tracks": 3}')
     cases = [(["--track", "unknown-1", "--as", "Jane"], tmp_path / "missing.json", InputError),
              (["--track", "unknown-1", "--as", "Jane"], tmp_path / "not-a-log.json", InputError),

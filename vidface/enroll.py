@@ -141,9 +141,13 @@ def enroll_track(log_path: Path, tracks: list[str], gallery: Path, person: str |
     if photos < 1:
         raise UsageError(f"--photos {photos}: at least 1")
     document = read_track_log(log_path)
-    chosen_tracks = select_tracks(document, tracks, Path(log_path))
-    name = person_for(chosen_tracks, person)
-    detections = choose_detections([d for track in chosen_tracks for d in track.get("detections", [])], photos)
+    try:
+        chosen_tracks = select_tracks(document, tracks, Path(log_path))
+        name = person_for(chosen_tracks, person)
+        detections = choose_detections([d for track in chosen_tracks for d in track.get("detections", [])], photos)
+        detections = [{**d, "frame": int(d["frame"]), "box": [float(v) for v in d["box"]]} for d in detections]
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{log_path} is not a well-formed track log ({type(error).__name__}: {error})") from None
     if not detections:
         raise InputError(f"{', '.join(tracks)}: the log has no face box to cut a photo from")
     source = video_of_log(document, Path(log_path), video)
