@@ -164,7 +164,7 @@ def enroll_track(log_path: Path, tracks: list[str], gallery: Path, person: str |
         raise GalleryError(f"{folder} is a file, not a person's folder")
     by_frame = {}
     for detection in detections:  # tracks that share a name may both have a face in one frame: one photo
-        by_frame.setdefault(int(detection["frame"]), detection)
+        by_frame.setdefault(detection["frame"], detection)
     frames = sorted(by_frame)
     targets = {index: folder / f"{source.stem}-{index:06d}.jpg" for index in frames}
     existing = [targets[index] for index in frames if targets[index].exists()]
