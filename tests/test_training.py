@@ -476,3 +476,42 @@ def test_teacher_vectors_are_the_same_from_one_or_several_processes(tmp_path):
     np.testing.assert_allclose(shared, alone, atol=1e-6)
     with np.load(tmp_path / "two.npz", allow_pickle=False) as cached:
         assert sorted(cached["names"].tolist()) == sorted(names), "every vector is cached"
+
+
+def test_a_soup_is_the_mean_of_its_embedders_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from vidface.embed import EmbedderConfig
+    from vidface.embed_net import EmbedderNet, save_embedder
+    from vidface.research.train.embedder import average_embedders
+
+    config = EmbedderConfig()
+    sources = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = EmbedderNet(config)
+        for buffer_name, buffer in net.named_buffers():
+            if buffer_name.endswith("num_batches_tracked"):
+                buffer.fill_(10 * (seed + 1))
+            elif buffer.is_floating_point():
+                buffer.uniform_(0.5, 1.5)  # batch-norm statistics differ too
+        sources.append(save_embedder(net, config, tmp_path / f"fine-tune-{seed}.safetensors"))
+    soup = average_embedders(sources, tmp_path / "soup" / "embedder.safetensors")
+
+    averaged, states = load_file(str(soup)), [load_file(str(source)) for source in sources]
+    assert averaged.keys() == states[0].keys()
+    for name, value in averaged.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(state[name] for state in states) / 3)
+        else:
+            assert torch.equal(value, states[0][name])  # the first source's step counters
+    assert not torch.equal(averaged["features.0.0.weight"], states[0]["features.0.0.weight"])
+    assert soup.with_suffix(".json").is_file()
+
+    other = EmbedderConfig(embedding_size=128)
+    mismatched = save_embedder(EmbedderNet(other), other, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not the same network"):
+        average_embedders([sources[0], mismatched], tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="at least two"):
+        average_embedders(sources[:1], tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()

@@ -271,6 +271,24 @@ def embedder_speed_command(
                            "results": [asdict(row) for row in results]}, json_out)
 
 
+@train_app.command("embedder-soup")
+def embedder_soup_command(
+    out_weights: Path = typer.Argument(..., help="the soup's .safetensors (and .json) to write"),
+    sources: list[Path] = typer.Argument(..., help="two or more fine-tunes of one start (.safetensors)"),
+) -> None:
+    """Average several fine-tuned embedders' weights (a uniform model soup); recentre and recalibrate it after."""
+    from .train.embedder import average_embedders
+
+    missing = [str(source) for source in sources if not source.is_file()]
+    if missing:
+        raise typer.BadParameter(f"no such embedder: {', '.join(missing)}")
+    try:
+        average_embedders(sources, out_weights)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    out.print(f"soup of {len(sources)} embedders written: {out_weights}")
+
+
 @train_app.command("embedder-centre")
 def embedder_centre_command(
     weights: Path = typer.Argument(..., help="embedder .safetensors (its .json is rewritten)"),

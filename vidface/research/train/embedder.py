@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from ..datasets import data_root
 from ...embed import EmbedderConfig, update_embedder_config
-from ...embed_net import EmbedderNet, crops_to_tensor, save_embedder
+from ...embed_net import EmbedderNet, crops_to_tensor, load_embedder_net, save_embedder
 
 
 @dataclass
@@ -277,6 +277,30 @@ def store_embedding_centre(weights: Path, crop_paths: list[Path], limit: int = 4
     centre = (total / max(count, 1)).astype(np.float32)
     update_embedder_config(weights, centre=[float(value) for value in centre])
     return centre
+
+
+def average_embedders(sources: list[Path], out: Path) -> Path:
+    """A uniform weight soup: the element-wise mean of several fine-tunes of one network, written to ``out``.
+
+    Floating-point tensors (weights and batch-norm statistics) are averaged;
+    integer ones (batch-norm step counters) are the first source's. The
+    sources must share one architecture and embedding config; the first
+    one's config (threshold, centre) is copied, to be re-measured on the soup.
+    """
+    if len(sources) < 2:
+        raise ValueError("a soup needs at least two embedders")
+    nets, configs = zip(*(load_embedder_net(Path(source)) for source in sources))
+    shape_of = [{name: tuple(value.shape) for name, value in net.state_dict().items()} for net in nets]
+    for source, config, shapes in zip(sources[1:], configs[1:], shape_of[1:]):
+        if (config.arch, config.embedding_size, config.input_size) != (configs[0].arch, configs[0].embedding_size,
+                                                                       configs[0].input_size) or shapes != shape_of[0]:
+            raise ValueError(f"{source} is not the same network as {sources[0]}")
+    states = [net.state_dict() for net in nets]
+    soup = {name: (torch.stack([state[name] for state in states]).mean(dim=0) if value.is_floating_point()
+                   else value.clone())
+            for name, value in states[0].items()}
+    nets[0].load_state_dict(soup)
+    return save_embedder(nets[0].eval(), configs[0], Path(out))
 
 
 @dataclass
