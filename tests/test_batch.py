@@ -233,6 +233,52 @@ def test_people_index_keeps_strangers_per_video():
         {"video": "/v/x.mp4", "log": "x.vidface.json", "from_s": 0.0, "to_s": 9.0, "seconds": 4.0, "score": 0.8,
          "spans": [[0.0, 2.0], [7.0, 9.0]]}]}]
     lines = people_csv(index).splitlines()
-    assert lines[0] == "name,known,video,log,from_s,to_s,seconds,score,spans"
-    assert lines[1] == "Ann,yes,/v/x.mp4,x.vidface.json,0.00,9.00,4.00,0.8000,0.00-2.00 7.00-9.00"
+    assert lines[0] == "name,known,video,log,from_s,to_s,seconds,score,spans,recurring"
+    assert lines[1] == "Ann,yes,/v/x.mp4,x.vidface.json,0.00,9.00,4.00,0.8000,0.00-2.00 7.00-9.00,"
     assert lines[2].startswith("unknown-1,no,/v/x.mp4,")
+    assert [u["recurring"] for u in index["unknown"]] == [None, None] and index["recurring_strangers"] == []
+
+
+def test_a_stranger_seen_in_several_videos_is_one_recurring_stranger(tmp_path, fake_stages):
+    """The same unknown face in two videos becomes one stranger-N in people.json, linked through the
+    embeddings kept beside each log; a video from before those files existed stays unlinked."""
+    import csv
+
+    import numpy as np
+
+    from vidface.batch import INDEX_CSV_NAME, INDEX_NAME, run_batch
+    from vidface.pipeline import AnnotateSettings, Models, read_stranger_embeddings
+
+    detector, embedder = fake_stages
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        make_video(inputs / name, frames=24, fps=10)
+    for name in ("d.mp4", "e.mp4"):  # seen in too few faces to be linked, however alike
+        make_video(inputs / name, frames=3, fps=10)
+    out = tmp_path / "out"
+    settings = AnnotateSettings(match_threshold=0.99, write_video=False)
+    run_batch([str(inputs)], out, None, settings, models=Models(detector, embedder, "cpu"))
+
+    kept = out / "a.vidface.strangers.npz"
+    with np.load(kept, allow_pickle=False) as data:  # no pickled objects in it
+        assert list(data["ids"]) == ["unknown-1"] and data["embeddings"].shape == (1, embedder.dim)
+    vector, faces = read_stranger_embeddings(kept)["unknown-1"]
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5) and faces >= 4
+
+    (out / "c.vidface.strangers.npz").unlink()  # as if annotated by an older version
+    (out / "c.vidface.json").touch()
+    run_batch([str(inputs)], out, None, settings, models=Models(detector, embedder, "cpu"))  # all skipped
+    index = json.loads((out / INDEX_NAME).read_text())
+    assert [(u["log"], u["display_id"], u["recurring"]) for u in index["unknown"]] == [
+        ("a.vidface.json", "unknown-1", "stranger-1"), ("b.vidface.json", "unknown-1", "stranger-1"),
+        ("c.vidface.json", "unknown-1", None), ("d.vidface.json", "unknown-1", None),
+        ("e.vidface.json", "unknown-1", None)]
+    assert read_stranger_embeddings(out / "d.vidface.strangers.npz")["unknown-1"][1] < 4
+    [recurring] = index["recurring_strangers"]
+    assert recurring["name"] == "stranger-1" and recurring["videos"] == 2
+    assert [a["log"] for a in recurring["appearances"]] == ["a.vidface.json", "b.vidface.json"]
+    assert recurring["seconds"] == pytest.approx(2 * 2.4)
+    rows = list(csv.DictReader((out / INDEX_CSV_NAME).read_text().splitlines()))
+    assert [(r["log"], r["recurring"]) for r in rows][:3] == [("a.vidface.json", "stranger-1"),
+                                                             ("b.vidface.json", "stranger-1"), ("c.vidface.json", "")]

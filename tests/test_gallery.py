@@ -182,3 +182,25 @@ def test_in_a_photo_of_several_people_the_person_is_the_face_like_their_other_ph
     assert detector.calls == calls, "every face of every photo comes back from the cache"
     assert [(p.box, p.chosen_by) for p in again.photos] == [(p.box, p.chosen_by) for p in gallery.photos]
     np.testing.assert_allclose(again.embeddings, gallery.embeddings)
+
+
+def test_strangers_link_across_videos_only_when_every_member_looks_alike():
+    from vidface.gallery import link_strangers
+
+    def unit(*values):
+        vector = np.array(values, np.float32)
+        return vector / np.linalg.norm(vector)
+
+    angle = np.deg2rad(25)  # cos 25 degrees = 0.906: neighbours in the chain link, its two ends (0.643) do not
+    chain = [unit(1, 0, 0), unit(np.cos(angle), np.sin(angle), 0), unit(np.cos(2 * angle), np.sin(2 * angle), 0)]
+    other = unit(0, 0, 1)
+    groups = link_strangers(np.stack(chain + [other, chain[0], other]), np.array(["a", "b", "c", "d", "e", "e"]), 0.8)
+    assert groups[0] == groups[1] != groups[2], "complete linkage: the chain's far end starts a group of its own"
+    assert groups[2] not in (groups[3],)
+    assert groups[4] == groups[0], "the same face in a later video joins its group"
+    assert groups[5] == groups[3], "a stranger of video e joins d's look-alike"
+    assert list(groups[:4]) == [0, 0, 1, 2], "groups numbered in the order they are first seen"
+
+    same_video = link_strangers(np.stack([chain[0], chain[0]]), np.array(["a", "a"]), 0.8)
+    assert same_video[0] != same_video[1], "two strangers the tracker kept apart in one video stay apart"
+    assert link_strangers(np.zeros((0, 3), np.float32), np.array([]), 0.8).shape == (0,)

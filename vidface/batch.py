@@ -14,7 +14,9 @@
   red), unless ``accept_known_failures`` is set and it failed before.
 - ``batch-summary.json`` holds the last run; ``batch-history.jsonl`` gets a
   line per run; ``people.json`` and ``people.csv`` say who is in which video
-  over everything annotated into the out-dir (from the manifests).
+  over everything annotated into the out-dir (from the manifests); a stranger
+  seen in several videos is one ``stranger-N`` there, linked through the mean
+  embeddings each run keeps beside its log (``<name>.vidface.strangers.npz``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .errors import BusyError, InputError, OutputError, VidfaceError
 from .files import write_json_atomic, write_text_atomic
 
@@ -43,6 +47,8 @@ INDEX_NAME = "people.json"
 INDEX_CSV_NAME = "people.csv"
 #: the manifest beside each finished output
 DONE_SUFFIX = ".vidface.done.json"
+#: the strangers' mean embeddings beside each log (not an output a rerun waits for: older runs lack it)
+STRANGERS_SUFFIX = ".vidface.strangers.npz"
 #: exit code of a batch in which some files failed (others may have succeeded)
 EXIT_SOME_FAILED = 10
 
@@ -264,7 +270,8 @@ def annotate_job(job: Job, gallery, gallery_folder: Path | None, settings, model
 
     job.log_out.parent.mkdir(parents=True, exist_ok=True)
     result = annotate(job.source, gallery, job.video_out, job.log_out, settings, models, overwrite=True,
-                      gallery_path=gallery_folder, progress=on_frames, manifest=(job.done_file, manifest))
+                      gallery_path=gallery_folder, progress=on_frames, manifest=(job.done_file, manifest),
+                      strangers_out=_strangers_file(job.done_file))
     return {"frames": result.frames, "people": [row["identity"] for row in result.summary],
             "truncated": result.truncated, "warning": result.warning}
 
@@ -412,10 +419,11 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
 def write_people_index(out_dir: Path) -> Path:
     """``people.json`` and ``people.csv`` in ``out_dir``: who appears in which video, over every file
     annotated into it (this run's and earlier ones', whatever inputs they came from), read from the
-    manifests (a manifest of an older version without ``appearances``: from its log)."""
+    manifests (a manifest of an older version without ``appearances``: from its log), with the
+    strangers seen in several videos linked (:func:`recurring_strangers`)."""
     from .tracklog import people_csv, people_index, video_appearances
 
-    videos = []
+    videos, manifests = [], []
     for done_file in sorted(out_dir.rglob("*" + DONE_SUFFIX)):
         manifest = _read_json(done_file)
         log = done_file.with_name(done_file.name[: -len(DONE_SUFFIX)] + ".vidface.json")
@@ -428,9 +436,53 @@ def write_people_index(out_dir: Path) -> Path:
                 continue
             rows, video = video_appearances(document), (document.get("input") or {}).get("path")
         videos.append((str(log.relative_to(out_dir)), video, rows))
-    index = people_index(videos)
+        manifests.append((str(log.relative_to(out_dir)), manifest, done_file))
+    index = people_index(videos, recurring_strangers(manifests))
     write_text_atomic(people_csv(index), out_dir / INDEX_CSV_NAME)
     return write_json_atomic(index, out_dir / INDEX_NAME)
+
+
+def recurring_strangers(manifests: list[tuple[str, dict, Path]]) -> dict[tuple[str, str], str]:
+    """``{(log path, unknown-N): stranger-K}`` for the strangers one person is in several videos as.
+
+    ``manifests``: ``(log path, manifest, done-file)`` per video. A stranger seen in
+    fewer than :data:`~vidface.gallery.MIN_FACES_TO_LINK` faces is left alone. Only embeddings of
+    one embedder are comparable, so each embedder's videos are linked apart, at the
+    strictest match threshold its runs used (:func:`vidface.gallery.link_strangers`).
+    Videos are taken in the order they were annotated, so a stranger keeps their
+    number when later videos join the out-dir.
+    """
+    from .gallery import MIN_FACES_TO_LINK, link_strangers
+    from .pipeline import read_stranger_embeddings
+
+    by_embedder: dict[str, list[tuple[float, str, float, dict]]] = {}
+    for log_path, manifest, done_file in manifests:
+        identity = manifest.get("identity") or {}
+        threshold = (identity.get("settings") or {}).get("match_threshold")
+        strangers = {unknown: vector for unknown, (vector, faces) in
+                     read_stranger_embeddings(_strangers_file(done_file)).items() if faces >= MIN_FACES_TO_LINK}
+        if strangers and identity.get("embedder") and threshold is not None:
+            by_embedder.setdefault(identity["embedder"], []).append(
+                (float(manifest.get("finished", 0.0)), log_path, float(threshold), strangers))
+    linked: dict[tuple[str, str], str] = {}
+    for embedder in sorted(by_embedder):
+        runs = sorted(by_embedder[embedder], key=lambda run: run[:2])
+        keys = [(log_path, unknown) for _, log_path, _, strangers in runs for unknown in strangers]
+        vectors = [vector for *_, strangers in runs for vector in strangers.values()]
+        if len({vector.shape for vector in vectors}) != 1:
+            continue
+        groups = link_strangers(np.stack(vectors), np.array([log for log, _ in keys]), max(run[2] for run in runs))
+        shared = [group for group in dict.fromkeys(groups) if np.count_nonzero(groups == group) > 1]
+        for group in shared:
+            name = f"stranger-{len(set(linked.values())) + 1}"
+            for key, member in zip(keys, groups):
+                if member == group:
+                    linked[key] = name
+    return linked
+
+
+def _strangers_file(done_file: Path) -> Path:
+    return done_file.with_name(done_file.name[: -len(DONE_SUFFIX)] + STRANGERS_SUFFIX)
 
 
 def _failed_file(done_file: Path) -> Path:

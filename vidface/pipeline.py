@@ -30,7 +30,7 @@ from .errors import InputError, OutputError, UsageError
 from .io import AnnotatedVideoWriter, VideoInfo, VideoReader, probe_video
 from .structures import Face, FrameResult
 from .track import ShotCutDetector, Tracker, TrackerSettings
-from .files import publish_together, staging_path, write_json_atomic, write_text_atomic
+from .files import publish_together, staging_path, write_atomically, write_json_atomic, write_text_atomic
 from .report import ThumbnailSink, report_html
 from .tracklog import TrackLog, srt, subtitle_cues, summarize, webvtt
 
@@ -506,6 +506,32 @@ def companion_documents(paths: OutputPaths, document: dict, thumbnails, info: Vi
     return texts
 
 
+def write_stranger_embeddings(document: dict, tracker: Tracker, path: Path) -> Path:
+    """The mean embedding of every stranger in ``document`` (``unknown-N``), as an npz without pickled
+    objects: ``ids`` ``(S,)`` strings, ``embeddings`` ``float32 (S, D)`` unit vectors, ``faces`` ``(S,)``
+    how many faces each mean averages. What lets a batch tell that a stranger of one video is a
+    stranger of another (``people.json``)."""
+    in_log = {track["display_id"] for track in document["tracks"] if track["identity"] is None}
+    strangers = {unknown: seen for unknown, seen in tracker.strangers.items() if unknown in in_log}
+    ids = sorted(strangers, key=lambda unknown: int(unknown.rsplit("-", 1)[-1]))
+    dim = next(iter(strangers.values()))[0].shape[0] if strangers else 0
+    embeddings = np.array([strangers[unknown][0] for unknown in ids], np.float32).reshape(len(ids), dim)
+    faces = np.array([strangers[unknown][1] for unknown in ids], np.int64)
+    return write_atomically(path, lambda temporary: np.savez(temporary, ids=np.array(ids, dtype=str),
+                                                             embeddings=embeddings, faces=faces))
+
+
+def read_stranger_embeddings(path: Path) -> dict[str, tuple[np.ndarray, int]]:
+    """What :func:`write_stranger_embeddings` wrote: ``{unknown-N: (embedding, faces)}`` (``{}`` when it
+    is missing or unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {str(unknown): (vector, int(faces))
+                    for unknown, vector, faces in zip(data["ids"], data["embeddings"], data["faces"])}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
 def lookahead_frames(settings: AnnotateSettings) -> int:
     """Frames that wait before drawing: a new track's name settles first; with redaction, also long enough
     to see a face again after the detector missed it (its box is interpolated over the gap)."""
@@ -530,6 +556,7 @@ def annotate(
     progress: Callable[[int, int], None] | None = None,
     gallery_path: Path | None = None,
     manifest: tuple[Path, Callable[["AnnotateResult"], dict]] | None = None,
+    strangers_out: Path | None = None,
 ) -> AnnotateResult:
     """Annotate one video file; returns what was written. See :class:`AnnotateSettings`.
 
@@ -537,6 +564,8 @@ def annotate(
     progress: called as ``progress(frames_done, frames_expected)`` after each batch.
     manifest: ``(path, make)``: a JSON document ``make(result)`` written with the
         outputs and published last, after them (``vidface batch``'s done-file).
+    strangers_out: also write the strangers' mean embeddings here, published
+        with the other outputs (see :func:`write_stranger_embeddings`).
     The outputs are written under hidden names and renamed into place together
     at the end: a failure leaves the previous outputs, if any, untouched.
     """
@@ -585,6 +614,9 @@ def annotate(
                 write_text_atomic(text, staging_path(final))
                 staged.append((staging_path(final), final))
             write_json_atomic(document, staged_log)
+            if strangers_out is not None:
+                write_stranger_embeddings(document, processor.tracker, staging_path(strangers_out))
+                staged.append((staging_path(strangers_out), strangers_out))
             if manifest is not None:
                 staged_manifest = staging_path(manifest[0])
                 write_json_atomic(manifest[1](result), staged_manifest)
@@ -595,7 +627,8 @@ def annotate(
     finally:
         reader.close()
         leftovers = [staged_video, staged_log, *(staging_path(p) for p in paths.all())]
-        for path in leftovers + ([staging_path(manifest[0])] if manifest else []):
+        extras = [staging_path(extra) for extra in (manifest[0] if manifest else None, strangers_out) if extra]
+        for path in leftovers + extras:
             if path is not None:
                 path.unlink(missing_ok=True)
     return result

@@ -76,6 +76,7 @@ class Track:
 
     box: ``(4,)`` last xyxy box in pixels; velocity: ``(4,)`` pixels per frame.
     embedding_sum: ``(D,)`` score-weighted sum of the track's unit embeddings.
+    faces_embedded: how many embeddings that sum holds.
     label: the gallery name decided for the track, ``None`` if unknown.
     label_similarity: similarity of the mean embedding to that name (or to
         the closest person, when unknown).
@@ -95,6 +96,7 @@ class Track:
     last_embedded_pass: int = 0
     confirmed: bool = False
     embedding_sum: np.ndarray | None = None
+    faces_embedded: int = 0
     label: str | None = None
     label_similarity: float = 0.0
     closest: str | None = None
@@ -148,6 +150,7 @@ class Tracker:
         self._recent: dict[int, Track] = {}
         self._next_id = 1
         self._unknown_centroids: dict[str, np.ndarray | None] = {}
+        self._unknown_faces: dict[str, int] = {}
 
     # -- association -----------------------------------------------------------------
     def update(self, frame_index: int, faces: list[Face]) -> list[Face]:
@@ -289,6 +292,7 @@ class Tracker:
         if face.embedding is None:
             return
         track.last_embedded_pass = self.passes
+        track.faces_embedded += 1
         weighted = face.embedding * max(face.detection.score, 0.05)
         track.embedding_sum = weighted if track.embedding_sum is None else track.embedding_sum + weighted
 
@@ -303,6 +307,7 @@ class Tracker:
             track.unknown_id = self._unknown_id_for(track)
         if track.unknown_id is not None and track.label is None:
             self._unknown_centroids[track.unknown_id] = mean
+            self._unknown_faces[track.unknown_id] = track.faces_embedded
 
     def _unknown_id_for(self, track: Track) -> str:
         """An earlier unknown's id when this track looks like them (and they are not on screen), else a new one."""
@@ -317,6 +322,13 @@ class Tracker:
                 if similarity >= best_similarity:
                     best, best_similarity = unknown, similarity
         return best or f"unknown-{len(self._unknown_centroids) + 1}"
+
+    @property
+    def strangers(self) -> dict[str, tuple[np.ndarray, int]]:
+        """``{unknown-N: ((D,) unit mean embedding, faces it averages)}`` of each stranger, as last seen
+        (their latest track)."""
+        return {unknown: (centroid, self._unknown_faces[unknown])
+                for unknown, centroid in self._unknown_centroids.items() if centroid is not None}
 
     def confirmed(self, track_id: int) -> bool:
         return self.tracks[track_id].confirmed

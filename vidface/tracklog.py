@@ -196,10 +196,15 @@ def video_appearances(document: dict[str, Any]) -> list[dict[str, Any]]:
             for row in summarize(document, duration)]
 
 
-def people_index(videos: list[tuple[str, str | None, list[dict[str, Any]]]]) -> dict[str, Any]:
+def people_index(videos: list[tuple[str, str | None, list[dict[str, Any]]]],
+                 recurring: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
     """Who appears in which video, over many videos (``(log path, video path, video_appearances)``):
     per named person every video they are in, with their spans on screen; the strangers
-    (``unknown-N``, numbered per video) video by video. People by name, videos by log path."""
+    (``unknown-N``, numbered per video) video by video, each with ``recurring``: the
+    ``stranger-K`` they are in other videos too (``recurring``, keyed by ``(log path,
+    unknown-N)``), or ``None``; and ``recurring_strangers``: those, person by person,
+    like the named people. People by name, videos by log path."""
+    recurring = recurring or {}
     people: dict[str, list[dict[str, Any]]] = {}
     strangers: list[dict[str, Any]] = []
     for log_path, video, rows in sorted(videos, key=lambda entry: entry[0]):
@@ -209,14 +214,35 @@ def people_index(videos: list[tuple[str, str | None, list[dict[str, Any]]]]) -> 
             if row["known"]:
                 people.setdefault(row["name"], []).append(entry)
             else:
-                strangers.append({"display_id": row["name"], **entry})
+                strangers.append({"display_id": row["name"], "recurring": recurring.get((log_path, row["name"])),
+                                  **entry})
     return {
         "schema": SCHEMA,
         "videos": len(videos),
-        "people": [{"name": name, "videos": len(entries), "seconds": round(sum(e["seconds"] for e in entries), 3),
-                    "appearances": entries} for name, entries in sorted(people.items())],
+        "people": _people_rows(people),
         "unknown": strangers,
+        "recurring_strangers": _people_rows(_grouped(strangers)),
     }
+
+
+def _grouped(strangers: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in strangers:
+        if entry["recurring"]:
+            groups.setdefault(entry["recurring"], []).append(entry)
+    return groups
+
+
+def _people_rows(people: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """A row per person: the videos they are in, their seconds on screen, and each appearance."""
+    return [{"name": name, "videos": len(entries), "seconds": round(sum(e["seconds"] for e in entries), 3),
+             "appearances": entries} for name, entries in sorted(people.items(), key=lambda item: _natural(item[0]))]
+
+
+def _natural(name: str) -> tuple:
+    """Sort key that puts stranger-2 before stranger-10 (names without a number sort as themselves)."""
+    stem, _, number = name.rpartition("-")
+    return (stem, int(number), "") if number.isdigit() else (name, -1, name)
 
 
 def people_csv(index: dict[str, Any]) -> str:
@@ -226,12 +252,12 @@ def people_csv(index: dict[str, Any]) -> str:
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["name", "known", "video", "log", "from_s", "to_s", "seconds", "score", "spans"])
+    writer.writerow(["name", "known", "video", "log", "from_s", "to_s", "seconds", "score", "spans", "recurring"])
     rows = [(person["name"], True, entry) for person in index["people"] for entry in person["appearances"]]
     rows += [(entry["display_id"], False, entry) for entry in index["unknown"]]
     for name, known, entry in rows:
         spans = " ".join(f"{start:.2f}-{end:.2f}" for start, end in entry["spans"])
         writer.writerow([name, "yes" if known else "no", entry["video"], entry["log"], f"{entry['from_s']:.2f}",
                          f"{entry['to_s']:.2f}", f"{entry['seconds']:.2f}",
-                         "" if entry["score"] is None else f"{entry['score']:.4f}", spans])
+                         "" if entry["score"] is None else f"{entry['score']:.4f}", spans, entry.get("recurring") or ""])
     return text.getvalue()
