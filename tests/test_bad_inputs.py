@@ -55,6 +55,12 @@ def world(tmp_path_factory, random_models):
     (root / "logged.json").write_text(json.dumps({"schema": 1, "input": {"path": str(root / "good.mp4")}, "tracks": [
         {"track_id": 1, "identity": None, "display_id": "unknown-1",
          "detections": [{"frame": 0, "box": [10.0, 40.0, 50.0, 80.0], "score": 0.9}]}]}))
+    (root / "people.json").write_text(json.dumps({"schema": 1, "videos": 2, "people": [], "recurring_strangers": [
+        {"name": "stranger-1", "videos": 2, "seconds": 2.0, "appearances": [
+            {"video": str(root / "good.mp4"), "log": "logged.json", "seconds": 1.0},
+            {"video": str(root / "gone.mp4"), "log": "gone.json", "seconds": 1.0}]}],
+        "unknown": [{"display_id": "unknown-1", "recurring": "stranger-1", "log": "logged.json"},
+                    {"display_id": "unknown-1", "recurring": "stranger-1", "log": "gone.json"}]}))
     return root
 
 
@@ -144,6 +150,10 @@ CASES = [
                             "-g", "{root}/gallery_file"], "gallery"),
     ("enroll from another video", ["gallery", "enroll", "{root}/logged.json", "-t", "unknown-1", "--as", "Jo",
                                    "--video", "{root}/text.mp4", "-g", "{root}/gallery_enrolled"], "input"),
+    ("enroll a stranger the index lacks", ["gallery", "enroll", "{root}/people.json", "-t", "stranger-4", "--as",
+                                           "Jo", "-g", "{root}/gallery_enrolled"], "usage"),
+    ("enroll a stranger whose video is gone", ["gallery", "enroll", "{root}/people.json", "-t", "stranger-1",
+                                               "--as", "Jo", "-g", "{root}/gallery_enrolled"], "input"),
     ("batch finds nothing", ["batch", "{root}/gallery_empty", "--out-dir", "{root}/out_folder", *MODELS], "input"),
 ]
 if not torch.cuda.is_available():

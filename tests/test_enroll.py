@@ -172,3 +172,56 @@ def test_an_enrolled_stranger_is_named_on_the_next_run(shipped_weights, tmp_path
                       tmp_path / "second.json", settings, models)
     names = sorted(t["identity"] for t in second.document["tracks"])
     assert names == ["Eileen Collins", "Grace Hopper"], names
+
+
+def test_a_recurring_stranger_enrolls_from_every_video_of_a_batch(tmp_path, fake_stages, capsys):
+    """From a batch's people.json, stranger-K's photos come from each video they were seen in."""
+    from vidface.batch import INDEX_NAME, run_batch
+    from vidface.pipeline import AnnotateSettings, Models
+
+    detector, embedder = fake_stages
+    inputs = tmp_path / "in"
+    (inputs / "later").mkdir(parents=True)
+    make_video(inputs / "a.mp4", frames=24, fps=10)
+    make_video(inputs / "later" / "b.mp4", frames=16, fps=10)
+    out = tmp_path / "out"
+    run_batch([str(inputs)], out, None, AnnotateSettings(match_threshold=0.99, write_video=False), recursive=True,
+              models=Models(detector, embedder, "cpu"))
+    index_path = out / INDEX_NAME
+    assert json.loads(index_path.read_text())["recurring_strangers"][0]["name"] == "stranger-1"
+
+    gallery = tmp_path / "gallery"
+    code, printed, err = run_cli(capsys, "gallery", "enroll", index_path, "-t", "stranger-1", "--as", "Jo",
+                                 "-g", gallery, "--photos", "5")
+    assert code == 0, err
+    photos = sorted(p.name for p in (gallery / "Jo").iterdir())
+    assert len(photos) == 5
+    assert sum(name.startswith("a-") for name in photos) == 3, "the longer appearance gives the odd photo"
+    assert sum(name.startswith("b-") for name in photos) == 2
+    assert "3 new photos of Jo" in printed and "2 new photos of Jo" in printed
+    a_frames = decoded_frames(inputs / "a.mp4")
+    first = sorted((gallery / "Jo").glob("a-*.jpg"))[0]
+    index = int(first.stem.split("-")[1])
+    logged = json.loads((out / "a.vidface.json").read_text())["tracks"][0]["detections"]
+    box = next(d["box"] for d in logged if d["frame"] == index)
+    left, top, right, bottom = photo_region(box, 160, 120)
+    photo = cv2.imread(str(first))
+    assert photo.shape[:2] == (bottom - top, right - left)
+    assert np.abs(photo.astype(int) - a_frames[index][top:bottom, left:right].astype(int)).mean() < 8
+
+    code, printed, _ = run_cli(capsys, "gallery", "enroll", index_path, "-t", "stranger-1", "--as", "Jo",
+                               "-g", gallery, "--photos", "5")
+    assert code == 0 and "0 new photos" in printed and len(list((gallery / "Jo").iterdir())) == 5
+
+    for options, error in [(["-t", "stranger-9", "--as", "Jo"], UsageError),
+                           (["-t", "unknown-1", "--as", "Jo"], UsageError),
+                           (["-t", "stranger-1"], UsageError),
+                           (["-t", "stranger-1", "--as", "Jo", "--video", str(inputs / "a.mp4")], UsageError)]:
+        code, _, err = run_cli(capsys, "gallery", "enroll", index_path, *options, "-g", tmp_path / "other")
+        assert code == error.exit_code, err
+        one_error_line(err)
+    (inputs / "later" / "b.mp4").unlink()  # one video gone: nothing is written for any of them
+    code, _, err = run_cli(capsys, "gallery", "enroll", index_path, "-t", "stranger-1", "--as", "Jo",
+                           "-g", tmp_path / "other")
+    assert code == InputError.exit_code and "not found" in err
+    assert not (tmp_path / "other").exists()

@@ -261,9 +261,11 @@ def gallery_show(
 
 @gallery_app.command("enroll")
 def gallery_enroll(
-    log: Path = typer.Argument(..., metavar="LOG", help="track log of an annotated video (VIDEO.vidface.json)"),
+    log: Path = typer.Argument(..., metavar="LOG", help="track log of an annotated video (VIDEO.vidface.json), "
+                               "or a batch's people.json"),
     track: list[str] = typer.Option(..., "--track", "-t", metavar="ID",
-                                    help="the track: its display id (unknown-3), name or number; repeat for several"),
+                                    help="the track: its display id (unknown-3), name or number; from a people.json, "
+                                         "a recurring stranger (stranger-2); repeat for several"),
     gallery: Path = typer.Option(..., "--gallery", "-g", metavar="DIR", help="gallery folder to add the photos to"),
     person: Optional[str] = typer.Option(None, "--as", metavar="NAME",
                                          help="who it is: the person's folder in the gallery  [default: the "
@@ -271,15 +273,15 @@ def gallery_enroll(
     video: Optional[Path] = typer.Option(None, "--video", metavar="VIDEO",
                                          help="the video the log was made from  [default: the log's input path]"),
     photos: int = typer.Option(5, "--photos", min=1, max=50, metavar="N",
-                               help="photos to cut, spread over the track"),
+                               help="photos to cut, spread over the track (from a people.json: over the stranger's videos)"),
 ) -> None:
     """Add a person from a video: cut a logged track's best faces into the gallery, so later runs name them."""
-    from .enroll import enroll_track
+    from .enroll import enroll
 
-    result = enroll_track(log, track, gallery, person=person, video=video, photos=photos)
-    frames = ", ".join(str(index) for index in result.frames)
-    out.print(f"{result.folder}: {len(result.written)} new photos of {result.person} from {result.video} "
-              f"(frames {frames}; {len(result.existing)} there already)", markup=False, highlight=False)
+    for result in enroll(log, track, gallery, person=person, video=video, photos=photos):
+        frames = ", ".join(str(index) for index in result.frames)
+        out.print(f"{result.folder}: {len(result.written)} new photos of {result.person} from {result.video} "
+                  f"(frames {frames}; {len(result.existing)} there already)", markup=False, highlight=False)
 
 
 def _read_image(path: Path):

@@ -2,7 +2,9 @@
 
 A reviewer reads a track log (or its HTML report), sees ``unknown-3`` and knows
 who it is. :func:`enroll_track` cuts that track's best-seen faces out of the
-video into the gallery folder of the person, so every later run names them.
+video into the gallery folder of the person, so every later run names them;
+:func:`enroll_recurring_stranger` does it for a batch's ``stranger-K`` from every
+video they are in.
 The photos are chosen from across the track (a face seen from several sides
 and in several lights matches better than one good frame five times), each a
 square around the face with room for the detector to see a portrait.
@@ -129,13 +131,17 @@ def video_of_log(document: dict, log_path: Path, video: Path | None) -> Path:
     raise InputError(f"the log's video {recorded} is not found; give it with --video")
 
 
-def enroll_track(log_path: Path, tracks: list[str], gallery: Path, person: str | None = None,
-                 video: Path | None = None, photos: int = ENROLL_PHOTOS) -> EnrollResult:
-    """Cut up to ``photos`` faces of the logged ``tracks`` from their video into ``gallery/person``.
+@dataclass
+class _Cut:
+    """Photos of one video cut and checked, not yet written."""
 
-    Photos are named ``<video stem>-<frame>.jpg``: enrolling the same frames again
-    writes nothing (safe to repeat), and the video itself is only read.
-    """
+    result: EnrollResult
+    photos: dict[Path, np.ndarray]
+
+
+def _cut_track_photos(log_path: Path, tracks: list[str], gallery: Path, person: str | None, video: Path | None,
+                      photos: int) -> _Cut:
+    """Everything of an enrolment but the writing: any error is raised before a photo exists."""
     from .io import VideoReader, probe_video
 
     if photos < 1:
@@ -182,11 +188,92 @@ def enroll_track(log_path: Path, tracks: list[str], gallery: Path, person: str |
     missing = sorted(set(wanted) - set(cut))
     if missing:  # checked before anything is written: a wrong video adds no photo
         raise InputError(f"{source} ended before frame {missing[0]} of the log; is it the log's video?")
-    written = []
-    for index, photo in sorted(cut.items()):
+    result = EnrollResult(person=name, folder=folder, video=source, written=[], existing=existing, frames=frames)
+    return _Cut(result, {targets[index]: photo for index, photo in sorted(cut.items())})
+
+
+def _write(cut: _Cut) -> EnrollResult:
+    for target, photo in cut.photos.items():
         try:
-            written.append(write_image_atomic(photo, targets[index]))
+            cut.result.written.append(write_image_atomic(photo, target))
         except OSError as error:
-            raise OutputError(f"cannot write {targets[index]}: {error.strerror or error}") from None
-    return EnrollResult(person=name, folder=folder, video=source, written=written, existing=existing,
-                        frames=frames)
+            raise OutputError(f"cannot write {target}: {error.strerror or error}") from None
+    return cut.result
+
+
+def enroll_track(log_path: Path, tracks: list[str], gallery: Path, person: str | None = None,
+                 video: Path | None = None, photos: int = ENROLL_PHOTOS) -> EnrollResult:
+    """Cut up to ``photos`` faces of the logged ``tracks`` from their video into ``gallery/person``.
+
+    Photos are named ``<video stem>-<frame>.jpg``: enrolling the same frames again
+    writes nothing (safe to repeat), and the video itself is only read.
+    """
+    return _write(_cut_track_photos(log_path, tracks, gallery, person, video, photos))
+
+
+def is_people_index(document: dict) -> bool:
+    """Whether a JSON document is a batch's ``people.json`` (rather than one video's track log)."""
+    return isinstance(document, dict) and "recurring_strangers" in document and "tracks" not in document
+
+
+def enroll_recurring_strangers(index_path: Path, strangers: list[str], gallery: Path, person: str | None,
+                               photos: int = ENROLL_PHOTOS) -> list[EnrollResult]:
+    """Enrol ``stranger-K`` of a batch's ``people.json`` from every video they were seen in.
+
+    The ``photos`` of each stranger are shared out over their videos, the longest
+    appearance first (one video shows a face in one light; several show the
+    person's range). Every video's photos are cut and checked before any is written.
+    """
+    index_path = Path(index_path)
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{index_path} is not a readable people index ({error})") from None
+    if photos < 1:
+        raise UsageError(f"--photos {photos}: at least 1")
+    if person is None:
+        raise UsageError(f"say who {', '.join(strangers)} is with --as NAME")
+    check_person_name(person)
+    groups = {group.get("name"): group for group in index.get("recurring_strangers") or []}
+    plan = []
+    for stranger in strangers:
+        if stranger not in groups:
+            raise UsageError(f"no recurring stranger {stranger!r} in {index_path}; it has: "
+                             f"{', '.join(sorted(map(str, groups))) or 'none'} (a stranger of one video: "
+                             "enroll from that video's log)")
+        try:
+            unknown_of = {entry["log"]: entry["display_id"] for entry in index.get("unknown") or []
+                          if entry.get("recurring") == stranger}
+            appearances = sorted(groups[stranger]["appearances"], key=lambda a: (-float(a["seconds"]), a["log"]))
+            shares = [len(range(i, photos, len(appearances))) for i in range(len(appearances))]
+            plan += [(index_path.parent / a["log"], unknown_of[a["log"]], a.get("video"), share)
+                     for a, share in zip(appearances, shares) if share]
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise InputError(f"{index_path} is not a well-formed people index ({type(error).__name__}: "
+                             f"{error})") from None
+    cuts = []
+    for log, display_id, video, share in plan:
+        video = Path(video) if video and Path(video).is_file() else None  # else found beside the log
+        cuts.append(_cut_track_photos(log, [display_id], gallery, person, video, share))
+    taken: set[Path] = set()
+    for cut in cuts:  # two videos of one name in different folders would cut photos of one name
+        cut.photos = {target: photo for target, photo in cut.photos.items() if target not in taken}
+        taken.update(cut.photos)
+    return [_write(cut) for cut in cuts]
+
+
+def enroll(log_or_index: Path, tracks: list[str], gallery: Path, person: str | None = None,
+           video: Path | None = None, photos: int = ENROLL_PHOTOS) -> list[EnrollResult]:
+    """``vidface gallery enroll``: from one video's track log (:func:`enroll_track`), or from a
+    batch's ``people.json`` (:func:`enroll_recurring_strangers`)."""
+    path = Path(log_or_index)
+    if path.is_file() and path.suffix.lower() == ".json":
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            document = None  # read_track_log words the error
+        if document is not None and is_people_index(document):
+            if video is not None:
+                raise UsageError("--video goes with one video's track log; a people index knows its videos")
+            return enroll_recurring_strangers(path, tracks, gallery, person, photos)
+    return [enroll_track(path, tracks, gallery, person, video, photos)]
