@@ -154,6 +154,11 @@ CASES = [
                                            "Jo", "-g", "{root}/gallery_enrolled"], "usage"),
     ("enroll a stranger whose video is gone", ["gallery", "enroll", "{root}/people.json", "-t", "stranger-1",
                                                "--as", "Jo", "-g", "{root}/gallery_enrolled"], "input"),
+    ("search nothing", ["search", "{root}/photo.jpg", *MODELS[:6]], "usage"),
+    ("search a missing archive", ["search", "{root}/photo.jpg", "--archive", "{root}/no_archive", *MODELS[:6]],
+     "input"),
+    ("search a folder that is no archive", ["search", "{root}/photo.jpg", "--archive", "{root}/out_folder",
+                                            *MODELS[:6]], "input"),
     ("batch finds nothing", ["batch", "{root}/gallery_empty", "--out-dir", "{root}/out_folder", *MODELS], "input"),
 ]
 if not torch.cuda.is_available():

@@ -247,7 +247,7 @@ def test_a_stranger_seen_in_several_videos_is_one_recurring_stranger(tmp_path, f
     import numpy as np
 
     from vidface.batch import INDEX_CSV_NAME, INDEX_NAME, run_batch
-    from vidface.pipeline import AnnotateSettings, Models, read_stranger_embeddings
+    from vidface.pipeline import AnnotateSettings, Models, read_people_embeddings
 
     detector, embedder = fake_stages
     inputs = tmp_path / "in"
@@ -260,13 +260,14 @@ def test_a_stranger_seen_in_several_videos_is_one_recurring_stranger(tmp_path, f
     settings = AnnotateSettings(match_threshold=0.99, write_video=False)
     run_batch([str(inputs)], out, None, settings, models=Models(detector, embedder, "cpu"))
 
-    kept = out / "a.vidface.strangers.npz"
+    kept = out / "a.vidface.faces.npz"
     with np.load(kept, allow_pickle=False) as data:  # no pickled objects in it
         assert list(data["ids"]) == ["unknown-1"] and data["embeddings"].shape == (1, embedder.dim)
-    vector, faces = read_stranger_embeddings(kept)["unknown-1"]
-    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5) and faces >= 4
+    person = read_people_embeddings(kept)["unknown-1"]
+    assert not person.known and person.faces >= 4
+    assert np.linalg.norm(person.embedding) == pytest.approx(1.0, abs=1e-5)
 
-    (out / "c.vidface.strangers.npz").unlink()  # as if annotated by an older version
+    (out / "c.vidface.faces.npz").unlink()  # as if annotated by an older version
     (out / "c.vidface.json").touch()
     run_batch([str(inputs)], out, None, settings, models=Models(detector, embedder, "cpu"))  # all skipped
     index = json.loads((out / INDEX_NAME).read_text())
@@ -274,7 +275,7 @@ def test_a_stranger_seen_in_several_videos_is_one_recurring_stranger(tmp_path, f
         ("a.vidface.json", "unknown-1", "stranger-1"), ("b.vidface.json", "unknown-1", "stranger-1"),
         ("c.vidface.json", "unknown-1", None), ("d.vidface.json", "unknown-1", None),
         ("e.vidface.json", "unknown-1", None)]
-    assert read_stranger_embeddings(out / "d.vidface.strangers.npz")["unknown-1"][1] < 4
+    assert read_people_embeddings(out / "d.vidface.faces.npz")["unknown-1"].faces < 4
     [recurring] = index["recurring_strangers"]
     assert recurring["name"] == "stranger-1" and recurring["videos"] == 2
     assert [a["log"] for a in recurring["appearances"]] == ["a.vidface.json", "b.vidface.json"]
@@ -282,3 +283,36 @@ def test_a_stranger_seen_in_several_videos_is_one_recurring_stranger(tmp_path, f
     rows = list(csv.DictReader((out / INDEX_CSV_NAME).read_text().splitlines()))
     assert [(r["log"], r["recurring"]) for r in rows][:3] == [("a.vidface.json", "stranger-1"),
                                                              ("b.vidface.json", "stranger-1"), ("c.vidface.json", "")]
+
+
+def test_a_face_is_found_in_the_videos_of_an_archive(tmp_path, fake_stages):
+    """search_archive: every person of every video annotated into an out-dir, most alike first, and
+    the videos another embedder made are counted, not compared."""
+    import numpy as np
+
+    from vidface.batch import run_batch, search_archive
+    from vidface.io import VideoReader
+    from vidface.pipeline import AnnotateSettings, Models
+
+    detector, embedder = fake_stages
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        make_video(inputs / name, frames=24, fps=10)
+    out = tmp_path / "out"
+    run_batch([str(inputs)], out, None, AnnotateSettings(match_threshold=0.99, write_video=False),
+              models=Models(detector, embedder, "cpu"))
+    with VideoReader(inputs / "a.mp4") as reader:
+        still = next(iter(reader)).image
+    height, width = still.shape[:2]
+    face = embedder([still[height // 4: 3 * height // 4, width // 4: 3 * width // 4]])[0]
+
+    rows, unsearched = search_archive(out, face, embedder.fingerprint, top=5)
+    assert unsearched == 0 and [(r["log"], r["name"]) for r in rows] == [("a.vidface.json", "unknown-1"),
+                                                                         ("b.vidface.json", "unknown-1")]
+    assert rows[0]["similarity"] > 0.99 and rows[0]["recurring"] == "stranger-1" and rows[0]["faces"] >= 4
+    assert rows[0]["video"] == str(inputs / "a.mp4") and rows[0]["spans"] == [[0.0, pytest.approx(2.4)]]
+    far = np.array([0.0, 0.0, 1.0, 0.0], np.float32)
+    assert search_archive(out, far, embedder.fingerprint)[0][0]["similarity"] < rows[0]["similarity"]
+    assert search_archive(out, face, "another embedder") == ([], 2)
+    assert len(search_archive(out, face, embedder.fingerprint, top=1)[0]) == 1

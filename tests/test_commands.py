@@ -106,3 +106,30 @@ def test_search_lists_the_gallery_people_most_like_a_photo(shipped_weights):
     table = subprocess.run([sys.executable, "-m", "vidface", "search", str(photo), "--gallery", str(samples),
                             "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert table.returncode == 0 and "Grace Hopper" in table.stdout and "would be named" in table.stdout
+
+
+def test_search_finds_a_person_in_an_archive_of_annotated_videos(shipped_weights, tmp_path):
+    """Photos of Grace Hopper find her in the demo, annotated by a batch that had no gallery at all."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    archive = tmp_path / "archive"
+    run = subprocess.run([sys.executable, "-m", "vidface", "batch", str(samples / "demo.mp4"), "--out-dir",
+                          str(archive), "--no-video", "--device", "cpu", "--quiet"], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    photos = sorted(str(p) for p in (samples / "gallery" / "Grace Hopper").iterdir())
+    result = subprocess.run([sys.executable, "-m", "vidface", "search", *photos, "--archive", str(archive),
+                             "--json", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    found = report["appearances"]
+    assert report["videos_not_searched"] == 0 and len(found) == 2, "the demo's two strangers, most alike first"
+    assert found[0]["similarity"] >= report["match_threshold"] > found[1]["similarity"]
+    assert not found[0]["known"] and found[0]["video"] == str(samples / "demo.mp4") and found[0]["spans"]
+    log = json.loads((archive / "demo.vidface.json").read_text())
+    hopper = [t for t in log["tracks"] if t["display_id"] == found[0]["name"]]
+    assert hopper and hopper[0]["closest"] is None, "named by nothing but the photos: no gallery in that run"

@@ -16,7 +16,7 @@
   line per run; ``people.json`` and ``people.csv`` say who is in which video
   over everything annotated into the out-dir (from the manifests); a stranger
   seen in several videos is one ``stranger-N`` there, linked through the mean
-  embeddings each run keeps beside its log (``<name>.vidface.strangers.npz``).
+  embeddings each run keeps beside its log (``<name>.vidface.faces.npz``).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ INDEX_NAME = "people.json"
 INDEX_CSV_NAME = "people.csv"
 #: the manifest beside each finished output
 DONE_SUFFIX = ".vidface.done.json"
-#: the strangers' mean embeddings beside each log (not an output a rerun waits for: older runs lack it)
-STRANGERS_SUFFIX = ".vidface.strangers.npz"
+#: each person's mean embedding beside each log (not an output a rerun waits for: older runs lack it)
+EMBEDDINGS_SUFFIX = ".vidface.faces.npz"
 #: exit code of a batch in which some files failed (others may have succeeded)
 EXIT_SOME_FAILED = 10
 
@@ -271,7 +271,7 @@ def annotate_job(job: Job, gallery, gallery_folder: Path | None, settings, model
     job.log_out.parent.mkdir(parents=True, exist_ok=True)
     result = annotate(job.source, gallery, job.video_out, job.log_out, settings, models, overwrite=True,
                       gallery_path=gallery_folder, progress=on_frames, manifest=(job.done_file, manifest),
-                      strangers_out=_strangers_file(job.done_file))
+                      embeddings_out=embeddings_file(job.done_file))
     return {"frames": result.frames, "people": [row["identity"] for row in result.summary],
             "truncated": result.truncated, "warning": result.warning}
 
@@ -453,14 +453,14 @@ def recurring_strangers(manifests: list[tuple[str, dict, Path]]) -> dict[tuple[s
     number when later videos join the out-dir.
     """
     from .gallery import MIN_FACES_TO_LINK, link_strangers
-    from .pipeline import read_stranger_embeddings
+    from .pipeline import read_people_embeddings
 
     by_embedder: dict[str, list[tuple[float, str, float, dict]]] = {}
     for log_path, manifest, done_file in manifests:
         identity = manifest.get("identity") or {}
         threshold = (identity.get("settings") or {}).get("match_threshold")
-        strangers = {unknown: vector for unknown, (vector, faces) in
-                     read_stranger_embeddings(_strangers_file(done_file)).items() if faces >= MIN_FACES_TO_LINK}
+        strangers = {name: person.embedding for name, person in read_people_embeddings(embeddings_file(done_file)).items()
+                     if not person.known and person.faces >= MIN_FACES_TO_LINK}
         if strangers and identity.get("embedder") and threshold is not None:
             by_embedder.setdefault(identity["embedder"], []).append(
                 (float(manifest.get("finished", 0.0)), log_path, float(threshold), strangers))
@@ -481,8 +481,57 @@ def recurring_strangers(manifests: list[tuple[str, dict, Path]]) -> dict[tuple[s
     return linked
 
 
-def _strangers_file(done_file: Path) -> Path:
-    return done_file.with_name(done_file.name[: -len(DONE_SUFFIX)] + STRANGERS_SUFFIX)
+def archive_manifests(out_dir: Path) -> list[Path]:
+    """The manifests of the videos annotated into a batch's ``out_dir``; :class:`InputError` if it has none."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise InputError(f"archive not found: {out_dir} (a vidface batch --out-dir)")
+    done_files = sorted(out_dir.rglob("*" + DONE_SUFFIX))
+    if not done_files:
+        raise InputError(f"no annotated video in {out_dir} (a vidface batch --out-dir)")
+    return done_files
+
+
+def search_archive(out_dir: Path, vector, embedder_fingerprint: str, top: int = 8) -> tuple[list[dict], int]:
+    """The ``top`` people of every video annotated into ``out_dir`` most like the face ``vector``
+    (``(D,)`` unit embedding, from the embedder whose fingerprint is given), and how many videos
+    could not be searched (another embedder made them, or a version that kept no embeddings).
+
+    A row per (video, person): ``video``, ``log``, ``name`` (a gallery name or that video's
+    ``unknown-N``), ``known``, ``recurring`` (``stranger-K``), ``similarity`` of the face to the
+    person's mean embedding in that video, ``faces`` it averages, and when they are on screen.
+    """
+    out_dir = Path(out_dir)
+    done_files = archive_manifests(out_dir)
+    from .pipeline import read_people_embeddings
+
+    index = _read_json(out_dir / INDEX_NAME) or {}
+    recurring = {(entry.get("log"), entry.get("display_id")): entry.get("recurring")
+                 for entry in index.get("unknown") or []}
+    rows, unsearched = [], 0
+    for done_file in done_files:
+        manifest = _read_json(done_file) or {}
+        people = read_people_embeddings(embeddings_file(done_file))
+        if (manifest.get("identity") or {}).get("embedder") != embedder_fingerprint or not people:
+            unsearched += 1
+            continue
+        log = str(done_file.with_name(done_file.name[: -len(DONE_SUFFIX)] + ".vidface.json").relative_to(out_dir))
+        shown = {row.get("name"): row for row in manifest.get("appearances") or []}
+        for name, person in people.items():
+            if person.embedding.shape != vector.shape:
+                continue
+            on_screen = shown.get(name, {})
+            rows.append({"video": manifest.get("video"), "log": log, "name": name, "known": person.known,
+                         "recurring": recurring.get((log, name)),
+                         "similarity": round(float(person.embedding @ vector), 4), "faces": person.faces,
+                         **{key: on_screen.get(key) for key in ("from_s", "to_s", "seconds", "spans")}})
+    rows.sort(key=lambda row: -row["similarity"])
+    return rows[:top], unsearched
+
+
+def embeddings_file(done_file: Path) -> Path:
+    """Where the people's embeddings of a manifest's video are kept."""
+    return done_file.with_name(done_file.name[: -len(DONE_SUFFIX)] + EMBEDDINGS_SUFFIX)
 
 
 def _failed_file(done_file: Path) -> Path:

@@ -351,37 +351,66 @@ def embed(
 
 @app.command()
 def search(
-    photo: Path = typer.Argument(..., metavar="PHOTO", help="photo: its largest face is looked up"),
-    gallery: Path = typer.Option(..., "--gallery", "-g", metavar="DIR", help="gallery folder to search"),
-    top: int = typer.Option(8, "--top", min=1, metavar="N", help="how many people to list"),
+    photos: list[Path] = typer.Argument(..., metavar="PHOTO...", help="photo(s) of one person: the largest face "
+                                        "of each, averaged (several photos give a surer answer)"),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", metavar="DIR", help="gallery folder to search"),
+    archive: Optional[Path] = typer.Option(None, "--archive", "-a", metavar="OUT_DIR",
+                                           help="a batch's --out-dir: every person of every video annotated into it"),
+    top: int = typer.Option(8, "--top", min=1, metavar="N", help="how many people (and appearances) to list"),
     as_json: bool = JsonOption,
     device: str = DeviceOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
-    """Who in the gallery looks most like the largest face in a photo (best-photo similarity, highest first)."""
+    """Who in the gallery, and where in an archive of annotated videos, looks most like the face in photos of one person."""
+    from .batch import archive_manifests, search_archive
     from .gallery import list_gallery
-    from .photo import search_gallery
+    from .photo import embed_person, search_gallery
     from .pipeline import Models
 
-    picture = _read_image(photo)
-    list_gallery(gallery)
+    if gallery is None and archive is None:
+        raise UsageError("search what? give --gallery DIR, --archive OUT_DIR, or both")
+    pictures = [_read_image(photo) for photo in photos]
+    if gallery is not None:
+        list_gallery(gallery)
+    if archive is not None:
+        archive_manifests(archive)
     settings = _settings(device=device, detector=detector, embedder=embedder)
     models = Models.load(settings)
-    known = _load_gallery(gallery, models, quiet=as_json)
     threshold = settings.resolved(models).match_threshold
-    rows = search_gallery(picture, models, known, top)
+    vector = embed_person(pictures, models)
+    what = photos[0].name if len(photos) == 1 else f"{len(photos)} photos"
+    document: dict = {"photos": [str(photo) for photo in photos], "match_threshold": threshold}
+    if gallery is not None:
+        rows = search_gallery(vector, models, _load_gallery(gallery, models, quiet=as_json), top)
+        document.update(gallery=str(gallery), people=rows)
+    if archive is not None:
+        found, unsearched = search_archive(archive, vector, models.embedder.fingerprint, top)
+        document.update(archive=str(archive), appearances=found, videos_not_searched=unsearched)
     if as_json:
-        out.print_json(json.dumps({"photo": str(photo), "gallery": str(gallery), "match_threshold": threshold,
-                                   "people": rows}))
+        out.print_json(json.dumps(document))
         return
-    table = Table(title=f"{photo.name} in gallery {gallery} (named at {threshold:.3f} and above)")
-    for column in ("rank", "person", "similarity", "best photo", "would be named"):
-        table.add_column(column, justify="right" if column in ("rank", "similarity") else "left")
-    for rank, row in enumerate(rows, start=1):
-        table.add_row(str(rank), row["person"], f"{row['similarity']:.3f}", Path(row["best_photo"]).name,
-                      "yes" if row["similarity"] >= threshold else "no")
-    out.print(table)
+    if gallery is not None:
+        table = Table(title=f"{what} in gallery {gallery} (named at {threshold:.3f} and above)")
+        for column in ("rank", "person", "similarity", "best photo", "would be named"):
+            table.add_column(column, justify="right" if column in ("rank", "similarity") else "left")
+        for rank, row in enumerate(document["people"], start=1):
+            table.add_row(str(rank), row["person"], f"{row['similarity']:.3f}", Path(row["best_photo"]).name,
+                          "yes" if row["similarity"] >= threshold else "no")
+        out.print(table)
+    if archive is not None:
+        table = Table(title=f"{what} in the videos of {archive} (the same person at {threshold:.3f} and above)")
+        for column in ("rank", "video", "who there", "similarity", "on screen", "same person"):
+            table.add_column(column, justify="right" if column in ("rank", "similarity") else "left")
+        for rank, row in enumerate(document["appearances"], start=1):
+            who = row["name"] + (f" ({row['recurring']})" if row["recurring"] else "")
+            spans = " ".join(f"{start:.1f}-{end:.1f}s" for start, end in row["spans"] or [])
+            table.add_row(str(rank), str(row["video"]), who, f"{row['similarity']:.3f}", spans,
+                          "yes" if row["similarity"] >= threshold else "no")
+        out.print(table)
+        if unsearched:
+            say(f"{unsearched} videos not searched: annotated with another embedder, or before vidface kept "
+                "embeddings (delete their .vidface.done.json and run the batch again to include them)", style="yellow")
 
 
 @app.command()

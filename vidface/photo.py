@@ -51,12 +51,24 @@ def embed_image(image: np.ndarray, models) -> np.ndarray:
     return models.embedder([align_face(image, face.landmarks, face.box)])[0]
 
 
-def search_gallery(image: np.ndarray, models, gallery, top: int = 8) -> list[dict]:
-    """The ``top`` gallery people most like the largest face of ``image``: person, best-photo similarity, that photo."""
+def embed_largest_face(image: np.ndarray, models) -> np.ndarray:
+    """``(D,)`` unit embedding of the largest face of a photo; :class:`InputError` when it has none."""
     face = largest_face(models.detector([image], closeups=True)[0])
     if face is None:
         raise InputError("no face found in the photo")
-    vector = models.embedder([align_face(image, face.landmarks, face.box)])[0]
+    return models.embedder([align_face(image, face.landmarks, face.box)])[0]
+
+
+def embed_person(images: list[np.ndarray], models) -> np.ndarray:
+    """``(D,)`` unit mean embedding of the largest face of each of several photos of one person:
+    what a track averages over its frames, so the match threshold means the same for it."""
+    total = np.sum([embed_largest_face(image, models) for image in images], axis=0)
+    return (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
+
+
+def search_gallery(vector: np.ndarray, models, gallery, top: int = 8) -> list[dict]:
+    """The ``top`` gallery people most like a face (``(D,)`` unit embedding): person, best-photo similarity,
+    that photo."""
     best, _ = gallery.person_similarity(vector[None])
     usable = [p for p in gallery.photos if p.status == "ok"]
     photo_scores = gallery.embeddings @ vector

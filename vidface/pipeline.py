@@ -506,28 +506,45 @@ def companion_documents(paths: OutputPaths, document: dict, thumbnails, info: Vi
     return texts
 
 
-def write_stranger_embeddings(document: dict, tracker: Tracker, path: Path) -> Path:
-    """The mean embedding of every stranger in ``document`` (``unknown-N``), as an npz without pickled
-    objects: ``ids`` ``(S,)`` strings, ``embeddings`` ``float32 (S, D)`` unit vectors, ``faces`` ``(S,)``
-    how many faces each mean averages. What lets a batch tell that a stranger of one video is a
-    stranger of another (``people.json``)."""
-    in_log = {track["display_id"] for track in document["tracks"] if track["identity"] is None}
-    strangers = {unknown: seen for unknown, seen in tracker.strangers.items() if unknown in in_log}
-    ids = sorted(strangers, key=lambda unknown: int(unknown.rsplit("-", 1)[-1]))
-    dim = next(iter(strangers.values()))[0].shape[0] if strangers else 0
-    embeddings = np.array([strangers[unknown][0] for unknown in ids], np.float32).reshape(len(ids), dim)
-    faces = np.array([strangers[unknown][1] for unknown in ids], np.int64)
-    return write_atomically(path, lambda temporary: np.savez(temporary, ids=np.array(ids, dtype=str),
-                                                             embeddings=embeddings, faces=faces))
+def write_people_embeddings(document: dict, tracker: Tracker, path: Path) -> Path:
+    """Each person's mean embedding in ``document`` (a gallery name or ``unknown-N``: their tracks
+    pooled), as an npz without pickled objects: ``ids`` ``(P,)`` strings, ``known`` ``(P,)`` bools,
+    ``embeddings`` ``float32 (P, D)`` unit vectors, ``faces`` ``(P,)`` how many faces each averages.
+    What lets a batch tell that a stranger of one video is a stranger of another, and lets
+    ``vidface search --archive`` find a face in videos annotated long ago."""
+    tracks_of: dict[str, list[int]] = {}
+    known: dict[str, bool] = {}
+    for track in document["tracks"]:
+        tracks_of.setdefault(track["display_id"], []).append(track["track_id"])
+        known[track["display_id"]] = track["identity"] is not None
+    pooled = {name: tracker.pooled_embedding(ids) for name, ids in tracks_of.items()}
+    ids = [name for name in tracks_of if pooled[name][0] is not None]
+    dim = pooled[ids[0]][0].shape[0] if ids else 0
+    embeddings = np.array([pooled[name][0] for name in ids], np.float32).reshape(len(ids), dim)
+    return write_atomically(path, lambda temporary: np.savez(
+        temporary, ids=np.array(ids, dtype=str), known=np.array([known[name] for name in ids], bool),
+        embeddings=embeddings, faces=np.array([pooled[name][1] for name in ids], np.int64)))
 
 
-def read_stranger_embeddings(path: Path) -> dict[str, tuple[np.ndarray, int]]:
-    """What :func:`write_stranger_embeddings` wrote: ``{unknown-N: (embedding, faces)}`` (``{}`` when it
-    is missing or unreadable)."""
+@dataclass
+class PersonEmbedding:
+    """One person's pooled embedding in one video (see :func:`write_people_embeddings`).
+
+    embedding: ``float32 (D,)`` unit vector; faces: how many faces it averages.
+    """
+
+    known: bool
+    embedding: np.ndarray
+    faces: int
+
+
+def read_people_embeddings(path: Path) -> dict[str, PersonEmbedding]:
+    """What :func:`write_people_embeddings` wrote, by display id (``{}`` when missing or unreadable)."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {str(unknown): (vector, int(faces))
-                    for unknown, vector, faces in zip(data["ids"], data["embeddings"], data["faces"])}
+            return {str(name): PersonEmbedding(bool(known), vector, int(faces))
+                    for name, known, vector, faces in zip(data["ids"], data["known"], data["embeddings"],
+                                                          data["faces"])}
     except (OSError, ValueError, KeyError):
         return {}
 
@@ -556,7 +573,7 @@ def annotate(
     progress: Callable[[int, int], None] | None = None,
     gallery_path: Path | None = None,
     manifest: tuple[Path, Callable[["AnnotateResult"], dict]] | None = None,
-    strangers_out: Path | None = None,
+    embeddings_out: Path | None = None,
 ) -> AnnotateResult:
     """Annotate one video file; returns what was written. See :class:`AnnotateSettings`.
 
@@ -564,8 +581,8 @@ def annotate(
     progress: called as ``progress(frames_done, frames_expected)`` after each batch.
     manifest: ``(path, make)``: a JSON document ``make(result)`` written with the
         outputs and published last, after them (``vidface batch``'s done-file).
-    strangers_out: also write the strangers' mean embeddings here, published
-        with the other outputs (see :func:`write_stranger_embeddings`).
+    embeddings_out: also write each person's mean embedding here, published
+        with the other outputs (see :func:`write_people_embeddings`).
     The outputs are written under hidden names and renamed into place together
     at the end: a failure leaves the previous outputs, if any, untouched.
     """
@@ -614,9 +631,9 @@ def annotate(
                 write_text_atomic(text, staging_path(final))
                 staged.append((staging_path(final), final))
             write_json_atomic(document, staged_log)
-            if strangers_out is not None:
-                write_stranger_embeddings(document, processor.tracker, staging_path(strangers_out))
-                staged.append((staging_path(strangers_out), strangers_out))
+            if embeddings_out is not None:
+                write_people_embeddings(document, processor.tracker, staging_path(embeddings_out))
+                staged.append((staging_path(embeddings_out), embeddings_out))
             if manifest is not None:
                 staged_manifest = staging_path(manifest[0])
                 write_json_atomic(manifest[1](result), staged_manifest)
@@ -627,7 +644,7 @@ def annotate(
     finally:
         reader.close()
         leftovers = [staged_video, staged_log, *(staging_path(p) for p in paths.all())]
-        extras = [staging_path(extra) for extra in (manifest[0] if manifest else None, strangers_out) if extra]
+        extras = [staging_path(extra) for extra in (manifest[0] if manifest else None, embeddings_out) if extra]
         for path in leftovers + extras:
             if path is not None:
                 path.unlink(missing_ok=True)

@@ -150,7 +150,6 @@ class Tracker:
         self._recent: dict[int, Track] = {}
         self._next_id = 1
         self._unknown_centroids: dict[str, np.ndarray | None] = {}
-        self._unknown_faces: dict[str, int] = {}
 
     # -- association -----------------------------------------------------------------
     def update(self, frame_index: int, faces: list[Face]) -> list[Face]:
@@ -307,7 +306,6 @@ class Tracker:
             track.unknown_id = self._unknown_id_for(track)
         if track.unknown_id is not None and track.label is None:
             self._unknown_centroids[track.unknown_id] = mean
-            self._unknown_faces[track.unknown_id] = track.faces_embedded
 
     def _unknown_id_for(self, track: Track) -> str:
         """An earlier unknown's id when this track looks like them (and they are not on screen), else a new one."""
@@ -323,12 +321,14 @@ class Tracker:
                     best, best_similarity = unknown, similarity
         return best or f"unknown-{len(self._unknown_centroids) + 1}"
 
-    @property
-    def strangers(self) -> dict[str, tuple[np.ndarray, int]]:
-        """``{unknown-N: ((D,) unit mean embedding, faces it averages)}`` of each stranger, as last seen
-        (their latest track)."""
-        return {unknown: (centroid, self._unknown_faces[unknown])
-                for unknown, centroid in self._unknown_centroids.items() if centroid is not None}
+    def pooled_embedding(self, track_ids: list[int]) -> tuple[np.ndarray | None, int]:
+        """``((D,) unit mean embedding, faces it averages)`` over several tracks (one person's in a video)."""
+        tracks = [self.tracks[i] for i in track_ids if self.tracks[i].embedding_sum is not None]
+        if not tracks:
+            return None, 0
+        total = np.sum([track.embedding_sum for track in tracks], axis=0)
+        norm = float(np.linalg.norm(total))
+        return (total / norm if norm > 0 else None), sum(track.faces_embedded for track in tracks)
 
     def confirmed(self, track_id: int) -> bool:
         return self.tracks[track_id].confirmed
