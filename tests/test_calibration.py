@@ -62,3 +62,16 @@ def test_calibrated_threshold_becomes_the_detectors_default(random_models, tmp_p
     update_detector_metadata(weights, det_conf=0.31)
     assert FaceDetector(weights).conf == pytest.approx(0.31)
     assert FaceDetector(weights, conf=0.7).conf == 0.7, "an explicit --det-conf wins"
+
+
+def test_link_threshold_is_the_most_alike_pair_of_different_peoples_tracks():
+    from vidface.research.evaluation.open_set import link_threshold
+
+    rng = np.random.default_rng(0)
+    people = np.array([[1.0, 0, 0], [0.8, 0.6, 0], [0, 0, 1.0]], np.float32)  # 0 and 1: 0.8 alike
+    owners = np.repeat(np.arange(3), 8)
+    embeddings = people[owners] + rng.normal(0, 0.01, (24, 3)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    assert link_threshold(embeddings, owners, track_size=4) == pytest.approx(0.8, abs=0.01)
+    with pytest.raises(ValueError, match="two people"):
+        link_threshold(embeddings[:8], owners[:8], track_size=4)

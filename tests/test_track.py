@@ -193,3 +193,46 @@ def test_every_face_is_embedded_when_position_alone_could_mix_people_up():
     every_pass = Tracker(gallery(), threshold=0.5)
     run(every_pass, [[face([100, 100, 200, 200], ANN)] for _ in range(3)])
     assert every_pass.needs_embedding(3, boxes[:1]).tolist() == [True]
+
+
+def test_a_track_its_gallery_match_leaves_unnamed_takes_the_name_of_its_look_alike_in_the_video():
+    """After a cut the same person from a harder angle: their own score is short of the threshold,
+    but they match the track already named in this video; a stranger who merely comes closest to
+    that person in the gallery does not."""
+    harder = unit(0.45 * ANN + 0.2 * STRANGER + 0.3 * BOB)  # 0.79 to Ann: short of 0.9
+    assert 0.7 < float(harder @ ANN) < 0.9
+    tracker = Tracker(gallery(), threshold=0.9, link_threshold=0.7)
+    shown = run(tracker, [[face([100, 100, 200, 200], ANN)] for _ in range(5)])
+    assert shown[-1] == ["Ann"]
+    tracker.cut()
+    later = run(tracker, [[face([300, 100, 400, 200], harder)] for _ in range(5)])
+    assert later[-1] == ["Ann"], later
+    second = tracker.tracks[max(tracker.tracks)]
+    assert second.named_after == 1 and second.label_similarity < 0.9, "its own score is kept, and why it is named"
+
+    tracker.cut()  # someone else whose closest gallery person is Ann, but unlike Ann's track here
+    other = unit(0.5 * ANN + 0.8 * STRANGER)
+    assert Tracker(gallery(), 0.9).gallery.match(other[None], 0.9)[0].best_name == "Ann"
+    stranger = run(tracker, [[face([300, 100, 400, 200], other)] for _ in range(5)])
+    assert stranger[-1][0].startswith("unknown-")
+    assert tracker.tracks[max(tracker.tracks)].named_after is None
+
+    off = Tracker(gallery(), threshold=0.9)  # without a link threshold nothing is named after anything
+    run(off, [[face([100, 100, 200, 200], ANN)] for _ in range(5)])
+    off.cut()
+    assert run(off, [[face([300, 100, 400, 200], harder)] for _ in range(5)])[-1][0].startswith("unknown-")
+
+
+def test_a_track_named_after_another_names_no_third():
+    def towards_stranger(degrees):
+        return unit([np.cos(np.deg2rad(degrees)), 0, np.sin(np.deg2rad(degrees)), 0])
+
+    step, further = towards_stranger(30), towards_stranger(60)  # each 0.87 like the one before, 0.5 to Ann
+    tracker = Tracker(gallery(), threshold=0.9, link_threshold=0.85)
+    run(tracker, [[face([100, 100, 200, 200], ANN)] for _ in range(5)])
+    tracker.cut()
+    assert run(tracker, [[face([100, 100, 200, 200], step)] for _ in range(5)])[-1] == ["Ann"]
+    tracker.cut()
+    last = run(tracker, [[face([100, 100, 200, 200], further)] for _ in range(5)])
+    assert last[-1][0].startswith("unknown-"), "no chain of look-alikes"
+    assert tracker.tracks[max(tracker.tracks)].closest == "Ann"

@@ -40,6 +40,10 @@ class EmbedderConfig:
     template: list[list[float]] = field(default_factory=lambda: ARCFACE_TEMPLATE.tolist())
     #: open-set threshold on cosine similarity recommended for these weights (``--match-threshold``)
     match_threshold: float = 0.4
+    #: similarity of two tracks' mean embeddings at and above which they are one person (calibrated on
+    #: people held out of training: above the most alike pair of different people's 4-face tracks);
+    #: ``None``: tracks are never named after one another (see :class:`vidface.track.Tracker`)
+    link_threshold: float | None = None
     #: mean raw embedding of the training crops, ``D`` floats subtracted before L2 normalisation;
     #: a constant component shared by all faces would otherwise inflate every cosine similarity
     centre: list[float] | None = None

@@ -67,6 +67,8 @@ class AnnotateSettings:
         :data:`CPU_BATCH_SIZE` on the CPU (larger batches gain nothing there and cost memory).
     det_conf: ``None`` takes the detector's calibrated score threshold.
     match_threshold: ``None`` takes the embedder's recommended threshold.
+    link_threshold: ``None`` takes the embedder's stored one (tracks of a video named
+        after one another, :class:`vidface.track.Tracker`); a value above 1 turns it off.
     frame_skip: run the detector on every ``frame_skip + 1``-th frame and
         carry tracks over the frames between.
     min_face: faces smaller than this (pixels, shorter box side) are ignored.
@@ -84,6 +86,7 @@ class AnnotateSettings:
     imgsz: int = 640
     det_conf: float | None = None
     match_threshold: float | None = None
+    link_threshold: float | None = None
     frame_skip: int = 0
     #: embed a tracked face on every ``embed_every``-th detector pass only (1: every pass); between,
     #: a face that stays where its confirmed track predicts it is joined on position
@@ -114,10 +117,14 @@ class AnnotateSettings:
 
     def resolved(self, models: "Models") -> "AnnotateSettings":
         """These settings with what was left to the models filled in: the one place where a run's
-        ``det_conf``, ``match_threshold`` and ``batch_size`` are decided; every stage reads them from here."""
+        ``det_conf``, ``match_threshold``, ``link_threshold`` and ``batch_size`` are decided; every stage
+        reads them from here."""
         batch_size = self.batch_size or (GPU_BATCH_SIZE if models.device.startswith("cuda") else CPU_BATCH_SIZE)
+        link = self.link_threshold
+        if link is None:
+            link = getattr(getattr(models.embedder, "config", None), "link_threshold", None)
         return replace(self, det_conf=float(models.detector.conf), match_threshold=models.threshold(self),
-                       batch_size=batch_size)
+                       link_threshold=link, batch_size=batch_size)
 
     def for_log(self) -> dict:
         """The settings as JSON values (call on :meth:`resolved` settings: the thresholds as run)."""
@@ -273,7 +280,8 @@ class FrameProcessor:
         self.threshold = settings.match_threshold
         self.settings = settings
         tracker_settings = replace(tracker_settings or TrackerSettings(), embed_every=settings.embed_every)
-        self.tracker = Tracker(gallery, self.threshold, tracker_settings)
+        link = settings.link_threshold if settings.link_threshold is not None and settings.link_threshold <= 1 else None
+        self.tracker = Tracker(gallery, self.threshold, tracker_settings, link_threshold=link)
         self.cuts = ShotCutDetector()
         self.times = StageTimes()
         self._last_detected = -1

@@ -81,6 +81,8 @@ class Track:
     label_similarity: similarity of the mean embedding to that name (or to
         the closest person, when unknown).
     closest: the gallery person closest to the mean embedding, named or not.
+    named_after: the track of this video whose name this one took (its own gallery match fell
+        short, see :class:`Tracker`), or ``None``.
     """
 
     track_id: int
@@ -100,6 +102,7 @@ class Track:
     label: str | None = None
     label_similarity: float = 0.0
     closest: str | None = None
+    named_after: int | None = None
     unknown_id: str | None = None
     #: the last detections ``(frame, box)``, oldest first (bounded): what redaction interpolates between
     history: list[tuple[int, np.ndarray]] = field(default_factory=list)
@@ -138,11 +141,18 @@ class Tracker:
 
     gallery: a :class:`vidface.gallery.Gallery` (or ``None`` for tracking only).
     threshold: open-set match threshold (cosine similarity).
+    link_threshold: a track whose own gallery match falls short of ``threshold`` still
+        takes the name of the gallery person it is closest to when its mean embedding is
+        this similar to the mean of a track of this video named so by its own match (the
+        same person in another shot, from a harder angle). A track named this way never
+        names another. ``None``: off.
     """
 
-    def __init__(self, gallery, threshold: float, settings: TrackerSettings | None = None):
+    def __init__(self, gallery, threshold: float, settings: TrackerSettings | None = None,
+                 link_threshold: float | None = None):
         self.gallery = gallery
         self.threshold = threshold
+        self.link_threshold = link_threshold
         self.settings = settings or TrackerSettings()
         self.tracks: dict[int, Track] = {}
         self.live: list[int] = []
@@ -302,10 +312,28 @@ class Tracker:
         if mean is not None and self.gallery is not None:
             match = self.gallery.match(mean[None], self.threshold)[0]
             track.label, track.label_similarity, track.closest = match.identity, match.similarity, match.best_name
+            track.named_after = None
+            if track.label is None and track.closest is not None and self.link_threshold is not None:
+                track.named_after = self._named_look_alike(track, mean)
+                if track.named_after is not None:
+                    track.label = track.closest
         if track.confirmed and track.label is None and track.unknown_id is None:
             track.unknown_id = self._unknown_id_for(track)
         if track.unknown_id is not None and track.label is None:
             self._unknown_centroids[track.unknown_id] = mean
+
+    def _named_look_alike(self, track: Track, mean: np.ndarray) -> int | None:
+        """The most alike track of this video named ``track.closest`` by its own gallery match, if it
+        reaches the link threshold."""
+        best, best_similarity = None, self.link_threshold
+        for other in self.tracks.values():
+            if (other is track or not other.confirmed or other.label != track.closest
+                    or other.named_after is not None):
+                continue
+            other_mean = other.mean_embedding
+            if other_mean is not None and float(other_mean @ mean) >= best_similarity:
+                best, best_similarity = other.track_id, float(other_mean @ mean)
+        return best
 
     def _unknown_id_for(self, track: Track) -> str:
         """An earlier unknown's id when this track looks like them (and they are not on screen), else a new one."""

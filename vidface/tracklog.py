@@ -72,6 +72,7 @@ class TrackLog:
                 "display_id": track.display_id,
                 "score": round(track.label_similarity, 4),
                 "closest": track.closest,
+                "named_after": track.named_after,
                 "first_frame": record["first_frame"],
                 "last_frame": record["last_frame"],
                 "start_s": round(record["start_s"], 4),

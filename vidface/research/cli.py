@@ -526,7 +526,7 @@ def eval_open_set(
     from dataclasses import asdict
 
     from ..embed import FaceEmbedder, update_embedder_config
-    from .evaluation.open_set import compare_rules
+    from .evaluation.open_set import compare_rules, link_threshold
     from ..pipeline import default_embedder
     from .train.embedder import EmbedderTrainConfig, calibration_people, crop_files, load_crops
 
@@ -555,13 +555,17 @@ def eval_open_set(
     out.print(f"{len(paths)} crops of {len(people)} held-out people, cohort of {len(cohort)} faces, "
               f"tracks of {track_size} crops")
     out.print(table)
+    link = link_threshold(embeddings, np.array(owners), track_size=track_size)
+    out.print(f"link threshold (the most alike pair of different people's {track_size}-crop tracks): {link:.3f}")
     if json_out:
         write_json_atomic({"embedder": str(weights), "people": len(people), "crops": len(paths),
-                           "cohort": len(cohort), "track_size": track_size,
+                           "cohort": len(cohort), "track_size": track_size, "link_threshold": round(link, 4),
                            "rules": [asdict(r) for r in reports]}, json_out)
     if store:
         cosine = next(r for r in reports if r.rule == "cosine")
-        out.print(f"stored in {update_embedder_config(weights, match_threshold=round(cosine.threshold, 3))}")
+        stored = update_embedder_config(weights, match_threshold=round(cosine.threshold, 3),
+                                        link_threshold=round(link, 3))
+        out.print(f"stored in {stored}")
 
 
 @eval_app.command("peers")

@@ -238,3 +238,33 @@ def compare_rules(embeddings: np.ndarray, owners: np.ndarray, cohort: np.ndarray
                                   round(everyone.unknown_rejected(threshold), 4),
                                   round(float(everyone.known_right.mean()), 4)))
     return reports
+
+
+def link_threshold(embeddings: np.ndarray, owners: np.ndarray, track_size: int = 4, draws: int = 5,
+                   seed: int = 0) -> float:
+    """The track-to-track similarity above which two tracks are one person (``link_threshold``).
+
+    The people's crops are dealt into pseudo-tracks of ``track_size`` (the mean of as
+    many unit embeddings); the threshold is the similarity of the most alike pair of
+    different people's pseudo-tracks, averaged over ``draws`` deals: a pair of tracks
+    meeting it looks more alike than any two different people held out of training.
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    owners = np.asarray(owners)
+    rng = np.random.default_rng(seed)
+    highest = []
+    for _ in range(draws):
+        means, people = [], []
+        for person in np.unique(owners):
+            rows = rng.permutation(np.flatnonzero(owners == person))
+            for start in range(0, len(rows) - track_size + 1, track_size):
+                total = embeddings[rows[start:start + track_size]].sum(axis=0)
+                means.append(total / np.linalg.norm(total))
+                people.append(person)
+        if len(set(people)) < 2:
+            raise ValueError(f"a link threshold needs at least two people with {track_size} crops each")
+        means, people = np.array(means), np.array(people)
+        similarity = means @ means.T
+        similarity[people[:, None] == people[None, :]] = -np.inf
+        highest.append(float(similarity.max()))
+    return float(np.mean(highest))
