@@ -292,7 +292,7 @@ def test_a_face_is_found_in_the_videos_of_an_archive(tmp_path, fake_stages):
 
     from vidface.batch import run_batch, search_archive
     from vidface.io import VideoReader
-    from vidface.pipeline import AnnotateSettings, Models
+    from vidface.pipeline import AnnotateSettings, Models, write_people_embeddings
 
     detector, embedder = fake_stages
     inputs = tmp_path / "in"
@@ -316,3 +316,8 @@ def test_a_face_is_found_in_the_videos_of_an_archive(tmp_path, fake_stages):
     assert search_archive(out, far, embedder.fingerprint)[0][0]["similarity"] < rows[0]["similarity"]
     assert search_archive(out, face, "another embedder") == ([], 2)
     assert len(search_archive(out, face, embedder.fingerprint, top=1)[0]) == 1
+    write_people_embeddings({"tracks": []}, None, out / "b.vidface.faces.npz")  # as for a video of nobody
+    rows, unsearched = search_archive(out, face, embedder.fingerprint)
+    assert unsearched == 0 and [r["log"] for r in rows] == ["a.vidface.json"]
+    (out / "b.vidface.faces.npz").unlink()  # as if annotated before the embeddings were kept
+    assert search_archive(out, face, embedder.fingerprint)[1] == 1

@@ -426,7 +426,7 @@ def write_people_index(out_dir: Path) -> Path:
     videos, manifests = [], []
     for done_file in sorted(out_dir.rglob("*" + DONE_SUFFIX)):
         manifest = _read_json(done_file)
-        log = done_file.with_name(done_file.name[: -len(DONE_SUFFIX)] + ".vidface.json")
+        log = log_file(done_file)
         if not manifest or not log.is_file():
             continue
         rows, video = manifest.get("appearances"), manifest.get("video")
@@ -511,11 +511,12 @@ def search_archive(out_dir: Path, vector, embedder_fingerprint: str, top: int = 
     rows, unsearched = [], 0
     for done_file in done_files:
         manifest = _read_json(done_file) or {}
-        people = read_people_embeddings(embeddings_file(done_file))
-        if (manifest.get("identity") or {}).get("embedder") != embedder_fingerprint or not people:
+        kept = embeddings_file(done_file)
+        if (manifest.get("identity") or {}).get("embedder") != embedder_fingerprint or not kept.is_file():
             unsearched += 1
             continue
-        log = str(done_file.with_name(done_file.name[: -len(DONE_SUFFIX)] + ".vidface.json").relative_to(out_dir))
+        people = read_people_embeddings(kept)  # empty for a video where nobody was seen
+        log = str(log_file(done_file).relative_to(out_dir))
         shown = {row.get("name"): row for row in manifest.get("appearances") or []}
         for name, person in people.items():
             if person.embedding.shape != vector.shape:
@@ -527,6 +528,11 @@ def search_archive(out_dir: Path, vector, embedder_fingerprint: str, top: int = 
                          **{key: on_screen.get(key) for key in ("from_s", "to_s", "seconds", "spans")}})
     rows.sort(key=lambda row: -row["similarity"])
     return rows[:top], unsearched
+
+
+def log_file(done_file: Path) -> Path:
+    """The track log a manifest was published with."""
+    return done_file.with_name(done_file.name[: -len(DONE_SUFFIX)] + ".vidface.json")
 
 
 def embeddings_file(done_file: Path) -> Path:
