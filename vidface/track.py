@@ -160,6 +160,9 @@ class Tracker:
         self._recent: dict[int, Track] = {}
         self._next_id = 1
         self._unknown_centroids: dict[str, np.ndarray | None] = {}
+        #: gallery name -> the tracks named so by their own score (the only ones a track may be named after)
+        self._named_by_own_score: dict[str, set[int]] = {}
+        self._own_name: dict[int, str] = {}
 
     # -- association -----------------------------------------------------------------
     def update(self, frame_index: int, faces: list[Face]) -> list[Face]:
@@ -317,18 +320,28 @@ class Tracker:
                 track.named_after = self._named_look_alike(track, mean)
                 if track.named_after is not None:
                     track.label = track.closest
+            self._index_own_name(track)
         if track.confirmed and track.label is None and track.unknown_id is None:
             track.unknown_id = self._unknown_id_for(track)
         if track.unknown_id is not None and track.label is None:
             self._unknown_centroids[track.unknown_id] = mean
 
+    def _index_own_name(self, track: Track) -> None:
+        """Keep :attr:`_named_by_own_score` up to date with ``track``'s latest decision."""
+        before = self._own_name.pop(track.track_id, None)
+        if before is not None:
+            self._named_by_own_score[before].discard(track.track_id)
+        if track.label is not None and track.named_after is None:
+            self._named_by_own_score.setdefault(track.label, set()).add(track.track_id)
+            self._own_name[track.track_id] = track.label
+
     def _named_look_alike(self, track: Track, mean: np.ndarray) -> int | None:
         """The most alike track of this video named ``track.closest`` by its own gallery match, if it
         reaches the link threshold."""
         best, best_similarity = None, self.link_threshold
-        for other in self.tracks.values():
-            if (other is track or not other.confirmed or other.label != track.closest
-                    or other.named_after is not None):
+        for other_id in sorted(self._named_by_own_score.get(track.closest, ())):
+            other = self.tracks[other_id]
+            if other is track or not other.confirmed:
                 continue
             other_mean = other.mean_embedding
             if other_mean is not None and float(other_mean @ mean) >= best_similarity:
