@@ -218,9 +218,17 @@ def test_ctrl_c_says_so_and_exits_130_leaving_nothing(tmp_path, random_models):
         [sys.executable, "-m", "vidface", "annotate", str(video), "--detector", str(detector), "--embedder",
          str(embedder), "--device", "cpu", "--imgsz", "1280", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    time.sleep(5)  # models loaded, frames under way (900 frames at 1280 px take far longer)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and len(list(tmp_path.iterdir())) < 2:
+        time.sleep(0.2)  # until the run writes its hidden output: models loaded, frames under way
+    time.sleep(1)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+        pytest.fail(f"still running 120 s after Ctrl-C; its stderr: {err[-2000:]}")
     assert process.returncode == 130
     assert err.strip().splitlines() == ["vidface: interrupted"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4"], "no partial output"
