@@ -217,7 +217,9 @@ def test_ctrl_c_says_so_and_exits_130_leaving_nothing(tmp_path, random_models):
     process = subprocess.Popen(
         [sys.executable, "-m", "vidface", "annotate", str(video), "--detector", str(detector), "--embedder",
          str(embedder), "--device", "cpu", "--imgsz", "1280", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        # as in a terminal: a test run started in the background (nohup, '&') ignores SIGINT, and its children would too
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None and len(list(tmp_path.iterdir())) < 2:
         time.sleep(0.2)  # until the run writes its hidden output: models loaded, frames under way
