@@ -351,7 +351,7 @@ def embed(
 
 @app.command()
 def search(
-    photos: list[Path] = typer.Argument(..., metavar="PHOTO...", help="photo(s) of one person: the largest face "
+    photos: list[Path] = typer.Argument(..., metavar="PHOTO", help="photo(s) of one person: the largest face "
                                         "of each, averaged (several photos give a surer answer)"),
     gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", metavar="DIR", help="gallery folder to search"),
     archive: Optional[Path] = typer.Option(None, "--archive", "-a", metavar="OUT_DIR",
