@@ -435,8 +435,9 @@ def write_people_index(out_dir: Path) -> Path:
             if not document or document.get("schema") != 1:
                 continue
             rows, video = video_appearances(document), (document.get("input") or {}).get("path")
-        videos.append((str(log.relative_to(out_dir)), video, rows))
-        manifests.append((str(log.relative_to(out_dir)), manifest, done_file))
+        relative = str(log.relative_to(out_dir))
+        videos.append((relative, video, rows))
+        manifests.append((relative, manifest, done_file))
     index = people_index(videos, recurring_strangers(manifests))
     write_text_atomic(people_csv(index), out_dir / INDEX_CSV_NAME)
     return write_json_atomic(index, out_dir / INDEX_NAME)

@@ -3,7 +3,7 @@
 A reviewer reads a track log (or its HTML report), sees ``unknown-3`` and knows
 who it is. :func:`enroll_track` cuts that track's best-seen faces out of the
 video into the gallery folder of the person, so every later run names them;
-:func:`enroll_recurring_stranger` does it for a batch's ``stranger-K`` from every
+:func:`enroll_recurring_strangers` does it for a batch's ``stranger-K`` from every
 video they are in.
 The photos are chosen from across the track (a face seen from several sides
 and in several lights matches better than one good frame five times), each a
@@ -229,6 +229,12 @@ def enroll_recurring_strangers(index_path: Path, strangers: list[str], gallery: 
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{index_path} is not a readable people index ({error})") from None
+    return _enroll_from_index(index, index_path, strangers, gallery, person, photos)
+
+
+def _enroll_from_index(index: dict, index_path: Path, strangers: list[str], gallery: Path, person: str | None,
+                       photos: int) -> list[EnrollResult]:
+    """:func:`enroll_recurring_strangers` on the index already read from ``index_path``."""
     if photos < 1:
         raise UsageError(f"--photos {photos}: at least 1")
     if person is None:
@@ -275,5 +281,5 @@ def enroll(log_or_index: Path, tracks: list[str], gallery: Path, person: str | N
         if document is not None and is_people_index(document):
             if video is not None:
                 raise UsageError("--video goes with one video's track log; a people index knows its videos")
-            return enroll_recurring_strangers(path, tracks, gallery, person, photos)
+            return _enroll_from_index(document, path, tracks, gallery, person, photos)
     return [enroll_track(path, tracks, gallery, person, video, photos)]

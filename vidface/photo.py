@@ -45,10 +45,7 @@ def embed_image(image: np.ndarray, models) -> np.ndarray:
     """Embedding of an aligned 112x112 crop as is, or of the largest face of a photo."""
     if image.shape[:2] == (ALIGNED_SIZE, ALIGNED_SIZE):
         return models.embedder([image])[0]
-    face = largest_face(models.detector([image], closeups=True)[0])
-    if face is None:
-        raise InputError("no face found in the image")
-    return models.embedder([align_face(image, face.landmarks, face.box)])[0]
+    return embed_largest_face(image, models)
 
 
 def embed_largest_face(image: np.ndarray, models) -> np.ndarray:

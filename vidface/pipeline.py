@@ -68,7 +68,8 @@ class AnnotateSettings:
     det_conf: ``None`` takes the detector's calibrated score threshold.
     match_threshold: ``None`` takes the embedder's recommended threshold.
     link_threshold: ``None`` takes the embedder's stored one (tracks of a video named
-        after one another, :class:`vidface.track.Tracker`); a value above 1 turns it off.
+        after one another, :class:`vidface.track.Tracker`); a value above 1 turns it off (no
+        two tracks' cosine similarity reaches it).
     frame_skip: run the detector on every ``frame_skip + 1``-th frame and
         carry tracks over the frames between.
     min_face: faces smaller than this (pixels, shorter box side) are ignored.
@@ -280,8 +281,7 @@ class FrameProcessor:
         self.threshold = settings.match_threshold
         self.settings = settings
         tracker_settings = replace(tracker_settings or TrackerSettings(), embed_every=settings.embed_every)
-        link = settings.link_threshold if settings.link_threshold is not None and settings.link_threshold <= 1 else None
-        self.tracker = Tracker(gallery, self.threshold, tracker_settings, link_threshold=link)
+        self.tracker = Tracker(gallery, self.threshold, tracker_settings, link_threshold=settings.link_threshold)
         self.cuts = ShotCutDetector()
         self.times = StageTimes()
         self._last_detected = -1

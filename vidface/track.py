@@ -320,7 +320,8 @@ class Tracker:
                 track.named_after = self._named_look_alike(track, mean)
                 if track.named_after is not None:
                     track.label = track.closest
-            self._index_own_name(track)
+            if self.link_threshold is not None:
+                self._index_own_name(track)
         if track.confirmed and track.label is None and track.unknown_id is None:
             track.unknown_id = self._unknown_id_for(track)
         if track.unknown_id is not None and track.label is None:

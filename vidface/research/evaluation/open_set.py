@@ -129,6 +129,12 @@ def cohort_statistics(person_photos: list[np.ndarray], cohort: np.ndarray) -> tu
     return best.mean(axis=0), best.std(axis=0).clip(1e-6)
 
 
+def pseudo_track(embeddings: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``(D,)`` unit mean of the crops ``indices`` of ``embeddings``: what a track of those faces averages."""
+    mean = embeddings[indices].mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+
 @dataclass
 class PseudoTrackScores:
     """Track-level open-set answers on synthetic galleries built from identity-labelled crops.
@@ -168,8 +174,7 @@ def pseudo_track_scores(embeddings: np.ndarray, owners: np.ndarray, people: np.n
                          f"{gallery_photos + track_size} crops; have {len(usable)}")
 
     def track(indices: np.ndarray) -> np.ndarray:
-        mean = embeddings[indices].mean(axis=0)
-        return mean / max(float(np.linalg.norm(mean)), 1e-12)
+        return pseudo_track(embeddings, indices)
 
     known_top, known_right, unknown_top = [], [], []
     for _ in range(splits):
@@ -258,8 +263,7 @@ def link_threshold(embeddings: np.ndarray, owners: np.ndarray, track_size: int =
         for person in np.unique(owners):
             rows = rng.permutation(np.flatnonzero(owners == person))
             for start in range(0, len(rows) - track_size + 1, track_size):
-                total = embeddings[rows[start:start + track_size]].sum(axis=0)
-                means.append(total / np.linalg.norm(total))
+                means.append(pseudo_track(embeddings, rows[start:start + track_size]))
                 people.append(person)
         if len(set(people)) < 2:
             raise ValueError(f"a link threshold needs at least two people with {track_size} crops each")
