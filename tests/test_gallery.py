@@ -204,3 +204,64 @@ def test_strangers_link_across_videos_only_when_every_member_looks_alike():
     same_video = link_strangers(np.stack([chain[0], chain[0]]), np.array(["a", "a"]), 0.8)
     assert same_video[0] != same_video[1], "two strangers the tracker kept apart in one video stay apart"
     assert link_strangers(np.zeros((0, 3), np.float32), np.array([]), 0.8).shape == (0,)
+
+
+class BrightPatchDetector:
+    """Finds a face at each patch (narrower than the photo) whose grey level reaches 50: it misses dim
+    faces, as a real detector misses the faces of a night-time film still."""
+
+    def __init__(self, weights_path):
+        self.weights_path, self.settings_key, self.photo_settings_key = weights_path, "bright", "bright"
+        self.calls = 0
+
+    def __call__(self, images, closeups=None):
+        from vidface.structures import Detection
+
+        self.calls += len(images)
+        found = []
+        for image in images:
+            mask = (cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) >= 50).astype(np.uint8)
+            count, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+            found.append([Detection(np.array([x, y, x + w, y + h], np.float32), 0.9, None)
+                          for x, y, w, h, area in stats[1:count] if area >= 100 and w < image.shape[1]])
+        return found
+
+
+def dim_photo(background: int, face: int, height: int) -> np.ndarray:
+    """A 200 × 300 photo of one ``face``-grey patch ``height`` pixels tall on ``background``, with sensor noise."""
+    image = np.full((200, 300, 3), background, np.int16)
+    image[40:40 + height, 100:100 + height] = face
+    noise = np.random.default_rng(0).integers(-4, 5, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def test_a_dark_photo_is_looked_at_again_with_its_contrast_equalised(tmp_path):
+    from vidface.detect import detect_photo
+
+    detector = BrightPatchDetector(tmp_path / "weights")
+    faces, equalised = detect_photo(detector, dim_photo(12, 45, 100))
+    assert equalised and len(faces) == 1 and detector.calls == 2
+    assert faces[0].box.tolist() == pytest.approx([100, 40, 200, 140], abs=3), "boxes are the photo's own pixels"
+    small, equalised = detect_photo(detector, dim_photo(12, 45, 30))
+    assert small == [] and not equalised, "a second look keeps only a portrait's subject, not small things"
+    detector.calls = 0
+    bright = dim_photo(120, 45, 100)
+    assert detect_photo(detector, bright) == ([], False) and detector.calls == 1, "a photo that is not dark is looked at once"
+    found = dim_photo(12, 90, 100)
+    faces, equalised = detect_photo(detector, found)
+    assert len(faces) == 1 and not equalised and detector.calls == 2, "what the first look finds is kept as found"
+
+
+def test_a_dark_gallery_photo_is_usable_and_says_how_its_face_was_found(tmp_path, fake_stages):
+    _, embedder = fake_stages
+    detector = BrightPatchDetector(embedder.weights_path)
+    (tmp_path / "g/Ann").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "g/Ann/night.png"), dim_photo(12, 45, 100))
+    cv2.imwrite(str(tmp_path / "g/Ann/day.png"), dim_photo(40, 200, 100))
+    for attempt in ("computed", "cached"):
+        gallery = build_gallery(tmp_path / "g", detector, embedder, cache_dir=tmp_path / "cache")
+        photos = {p.path.name: p for p in gallery.photos}
+        assert photos["night.png"].status == "ok" and photos["night.png"].equalised, attempt
+        assert not photos["day.png"].equalised, attempt
+        assert len(gallery.embeddings) == 2, attempt
+    assert detector.calls == 3, "the second build read both photos from the cache"

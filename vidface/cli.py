@@ -244,7 +244,8 @@ def gallery_show(
     models = Models.load(_settings(device=device, detector=detector, embedder=embedder))
     photos, _ = scan_gallery(folder, models.detector, models.embedder)
     table = Table(title=f"gallery {folder}")
-    for column in ("person", "photos", "usable", "problems", "photos of several faces: the face taken"):
+    for column in ("person", "photos", "usable", "problems",
+                   "photos of several faces: the face taken; dark photos whose face was found equalised"):
         table.add_column(column)
     by_person: dict[str, list] = {}
     for photo in photos:
@@ -252,8 +253,9 @@ def gallery_show(
     for person, person_photos in by_person.items():
         problems = ", ".join(f"{p.path.name} ({p.status})" for p in person_photos if p.status != "ok")
         usable = sum(p.status == "ok" for p in person_photos)
-        several = ", ".join(f"{p.path.name} ({p.faces} faces: {p.chosen_by})"
-                            for p in person_photos if p.status == "ok" and p.faces > 1)
+        several = ", ".join([f"{p.path.name} ({p.faces} faces: {p.chosen_by})"
+                             for p in person_photos if p.status == "ok" and p.faces > 1]
+                            + [f"{p.path.name} (dark, equalised)" for p in person_photos if p.equalised])
         table.add_row(person, str(len(person_photos)), str(usable) if usable else "[red]0[/red]", problems or "-",
                       several or "-")
     out.print(table)

@@ -38,6 +38,9 @@ CLOSEUP_FILL = 0.5
 #: the main pass's to find (shrunk four times they are a few pixels, and what it finds there is
 #: mostly not a face)
 CLOSEUP_MIN_HEIGHT = 0.2
+#: A photo darker than this (mean grey level, 0-255) in which nothing is found is looked at again with
+#: its contrast equalised; chosen on WIDER training images (5.9 % of them are darker; see detect_photo)
+PHOTO_DARK_LEVEL = 60
 
 
 def save_detector(model, path: Path, imgsz: int = 640, extra: dict | None = None) -> Path:
@@ -190,7 +193,7 @@ class FaceDetector:
     @property
     def photo_settings_key(self) -> str:
         """:attr:`settings_key` for photos, which always get the close-up pass (``closeups=True``)."""
-        return f"{self.imgsz}:{self.conf}:{self.iou}:closeups"
+        return f"{self.imgsz}:{self.conf}:{self.iou}:closeups:dark{PHOTO_DARK_LEVEL}"
 
     def _letterbox(self, images: list[np.ndarray], imgsz: int, fill: float = 1.0
                    ) -> tuple[np.ndarray, list[float], list[tuple[int, int]]]:
@@ -320,6 +323,37 @@ def one_box_per_face(rows: np.ndarray, iou: float, nested: float = NESTED_OVERLA
                 continue
         keep.append(index)
     return rows[keep]
+
+
+def detect_photo(detector, image: np.ndarray) -> tuple[list[Detection], bool]:
+    """Faces of a photo (BGR ``uint8 (H, W, 3)``), best first, with the close-up pass (a portrait is a
+    close-up), and whether they were found only in its contrast-equalised copy.
+
+    A dark still (a night scene from a film) can hide a clear face from the detector. When nothing is
+    found in a photo darker than :data:`PHOTO_DARK_LEVEL`, its lightness is equalised (CLAHE) and it is
+    looked at again; of what that finds only faces of at least :data:`CLOSEUP_MIN_HEIGHT` of the photo's
+    height are kept, a portrait's subject rather than what equalising makes of shadows. Boxes and
+    landmarks are the photo's own (equalising moves no pixel), so faces are aligned from the photo as it
+    is. On WIDER training photos with a face of at least a fifth of their height, darkened to a fifth of
+    their brightness, the largest face was found in 119 of 275 and 160 with the second look; on the 387
+    hard-negative training crops (their real faces painted out) it added no face to the 118 with none,
+    and 14 to the 277 with none once darkened to a third.
+    """
+    found = detector([image], closeups=True)[0]
+    if found or float(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).mean()) >= PHOTO_DARK_LEVEL:
+        return found, False
+    minimum_height = CLOSEUP_MIN_HEIGHT * image.shape[0]
+    found = [face for face in detector([equalise_contrast(image)], closeups=True)[0]
+             if face.height >= minimum_height]
+    return found, bool(found)
+
+
+def equalise_contrast(image: np.ndarray) -> np.ndarray:
+    """BGR ``uint8`` image with its lightness equalised tile by tile (CLAHE on the L of Lab, OpenCV's
+    usual 2.0 clip and 8 × 8 tiles); colours and geometry unchanged."""
+    lightness, a, b = cv2.split(cv2.cvtColor(image, cv2.COLOR_BGR2LAB))
+    lightness = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(lightness)
+    return cv2.cvtColor(cv2.merge([lightness, a, b]), cv2.COLOR_LAB2BGR)
 
 
 def export_checkpoint(checkpoint: Path, destination: Path, imgsz: int = 640, extra: dict | None = None) -> Path:

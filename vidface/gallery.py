@@ -22,12 +22,13 @@ import cv2
 import numpy as np
 
 from .align import align_face
+from .detect import detect_photo
 from .errors import GalleryError
 from .files import write_atomically
 from .structures import Match
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 #: Faces embedded per photo, largest first: enough for a group photo's subject to be among them.
 MAX_FACES_PER_PHOTO = 8
 
@@ -40,6 +41,8 @@ class GalleryPhoto:
     box: ``[x1, y1, x2, y2]`` pixels of the face used (``ok`` only);
     chosen_by: why that face: ``only face``, ``like the other photos``,
     ``largest face, like the other photos`` or ``largest face`` (``ok`` only).
+    equalised: its faces were found only in its contrast-equalised copy (a
+    dark photo, see :func:`vidface.detect.detect_photo`).
     """
 
     person: str
@@ -48,6 +51,7 @@ class GalleryPhoto:
     faces: int = 0
     box: list[float] | None = None
     chosen_by: str = ""
+    equalised: bool = False
 
 
 @dataclass
@@ -57,12 +61,14 @@ class PhotoFaces:
     status: ``ok``, ``no-face`` or ``unreadable``; detected: faces found;
     boxes: ``float32 (F, 4)`` pixels and embeddings: ``float32 (F, D)`` unit
     vectors of the ``F = min(detected, MAX_FACES_PER_PHOTO)`` largest, largest first.
+    equalised: found only in the photo's contrast-equalised copy.
     """
 
     status: str
     detected: int
     boxes: np.ndarray
     embeddings: np.ndarray
+    equalised: bool = False
 
 
 @dataclass
@@ -194,8 +200,9 @@ def _read_cache(path: Path, model_key: str) -> dict[str, PhotoFaces]:
             photo_of_face, boxes, embeddings = data["photo_of_face"], data["boxes"], data["embeddings"]
             return {
                 str(digest): PhotoFaces(str(status), int(detected), boxes[photo_of_face == index],
-                                        embeddings[photo_of_face == index])
-                for index, (digest, status, detected) in enumerate(zip(data["hashes"], data["status"], data["detected"]))
+                                        embeddings[photo_of_face == index], bool(equalised))
+                for index, (digest, status, detected, equalised)
+                in enumerate(zip(data["hashes"], data["status"], data["detected"], data["equalised"]))
             }
     except (OSError, ValueError, KeyError):
         return {}  # a damaged or older cache is rebuilt, never trusted
@@ -210,6 +217,7 @@ def _write_cache(path: Path, model_key: str, entries: dict[str, PhotoFaces], dim
         hashes=np.array(hashes, dtype="U64"),
         status=np.array([photo.status for photo in photos], dtype="U16"),
         detected=np.array([photo.detected for photo in photos], dtype=np.int64),
+        equalised=np.array([photo.equalised for photo in photos], dtype=bool),
         photo_of_face=np.repeat(np.arange(len(photos)), [len(photo.boxes) for photo in photos]).astype(np.int64),
         boxes=np.concatenate([photo.boxes.reshape(-1, 4) for photo in photos] or [np.zeros((0, 4))]).astype(np.float32),
         embeddings=np.concatenate([photo.embeddings.reshape(-1, dim) for photo in photos]
@@ -256,7 +264,8 @@ def scan_gallery(folder: Path, detector, embedder, cache_dir: Path | None = None
             if subject is None:
                 photos.append(GalleryPhoto(person, path, faces.status, faces.detected))
                 continue
-            photos.append(GalleryPhoto(person, path, "ok", faces.detected, faces.boxes[subject].tolist(), chosen_by))
+            photos.append(GalleryPhoto(person, path, "ok", faces.detected, faces.boxes[subject].tolist(), chosen_by,
+                                       faces.equalised))
             vectors[person].append(faces.embeddings[subject])
     if use_cache and entries:
         try:
@@ -327,10 +336,10 @@ def _detect_and_embed(path: Path, detector, embedder) -> PhotoFaces:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         return _nothing("unreadable", embedder.dim)
-    detections = detector([image], closeups=True)[0]  # a portrait is a close-up, whatever the video needs
+    detections, equalised = detect_photo(detector, image)
     if not detections:
         return _nothing("no-face", embedder.dim)
     kept = sorted(detections, key=lambda d: d.area, reverse=True)[:MAX_FACES_PER_PHOTO]
     crops = [align_face(image, face.landmarks, face.box) for face in kept]
     return PhotoFaces("ok", len(detections), np.stack([face.box for face in kept]).astype(np.float32),
-                      np.asarray(embedder(crops), np.float32))
+                      np.asarray(embedder(crops), np.float32), equalised)

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from .align import ALIGNED_SIZE, align_face
+from .detect import detect_photo
 from .draw import draw_faces
 from .errors import InputError, OutputError
 from .files import write_atomically
@@ -18,7 +19,7 @@ from .structures import Face
 
 def annotate_photo(image: np.ndarray, models, gallery, threshold: float) -> tuple[list[dict], np.ndarray]:
     """Faces of ``image`` as JSON-ready dicts, and a copy of the image with them drawn."""
-    detections = models.detector([image], closeups=True)[0]
+    detections, _ = detect_photo(models.detector, image)
     faces = [Face(d) for d in detections]
     crops = [align_face(image, d.landmarks, d.box) for d in detections]
     embeddings = models.embedder(crops)
@@ -50,7 +51,7 @@ def embed_image(image: np.ndarray, models) -> np.ndarray:
 
 def embed_largest_face(image: np.ndarray, models) -> np.ndarray:
     """``(D,)`` unit embedding of the largest face of a photo; :class:`InputError` when it has none."""
-    face = largest_face(models.detector([image], closeups=True)[0])
+    face = largest_face(detect_photo(models.detector, image)[0])
     if face is None:
         raise InputError("no face found in the photo")
     return models.embedder([align_face(image, face.landmarks, face.box)])[0]
