@@ -75,3 +75,25 @@ def test_link_threshold_is_the_most_alike_pair_of_different_peoples_tracks():
     assert link_threshold(embeddings, owners, track_size=4) == pytest.approx(0.8, abs=0.01)
     with pytest.raises(ValueError, match="two people"):
         link_threshold(embeddings[:8], owners[:8], track_size=4)
+
+
+def test_photo_check_threshold_is_the_chosen_quantile_of_each_photos_best_own_match():
+    from vidface.research.evaluation.open_set import impostor_photo_scores, photo_check_threshold
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(6, dtype=np.float32)
+    owners = np.repeat(np.arange(6), 5)
+    embeddings = centres[owners] + rng.normal(0, 0.3, (30, 6)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    similarity = embeddings @ embeddings.T
+    np.fill_diagonal(similarity, -np.inf)
+    best_own = np.array([similarity[row, owners == owners[row]].max() for row in range(30)])
+    # galleries as large as each person's crops: every draw takes them all, so the answer is exact
+    assert photo_check_threshold(embeddings, owners, photos_per_person=5, share=0.0) == pytest.approx(best_own.min())
+    assert photo_check_threshold(embeddings, owners, photos_per_person=5, share=0.5) == pytest.approx(
+        np.median(best_own), abs=1e-6)
+    impostors = impostor_photo_scores(embeddings, owners, photos_per_person=5)
+    threshold = photo_check_threshold(embeddings, owners, photos_per_person=5, share=0.05)
+    assert impostors.shape == (30,) and (impostors < threshold).mean() > 0.8, "people 90 degrees apart are told apart"
+    with pytest.raises(ValueError, match="two crops"):
+        photo_check_threshold(embeddings[::5], owners[::5])

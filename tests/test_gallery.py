@@ -265,3 +265,23 @@ def test_a_dark_gallery_photo_is_usable_and_says_how_its_face_was_found(tmp_path
         assert not photos["day.png"].equalised, attempt
         assert len(gallery.embeddings) == 2, attempt
     assert detector.calls == 3, "the second build read both photos from the cache"
+
+
+def test_a_photo_unlike_its_persons_other_photos_is_reported_with_its_best_similarity(tmp_path, fake_stages):
+    from vidface.gallery import scan_gallery, unlike_their_person
+
+    detector, embedder = fake_stages
+    for name in ("1.jpg", "2.jpg", "3.jpg"):
+        write_photo(tmp_path / f"g/Ann/{name}", (200, 30, 30))
+    write_photo(tmp_path / "g/Ann/filed-wrongly.jpg", (30, 30, 200))
+    write_photo(tmp_path / "g/Bob/only.jpg", (30, 200, 30))
+    photos, vectors = scan_gallery(tmp_path / "g", detector, embedder)
+    ann = np.stack(vectors["Ann"])
+    expected = float(np.max(ann[:3] @ ann[3]))  # the wrongly filed photo's best match among Ann's others
+    unlike = unlike_their_person(photos, vectors, threshold=0.99)
+    assert [(photo.person, photo.path.name) for photo, _ in unlike] == [("Ann", "filed-wrongly.jpg")]
+    assert unlike[0][1] == pytest.approx(expected) and expected < 0.99
+    assert unlike_their_person(photos, vectors, threshold=None) == []
+    assert unlike_their_person(photos, vectors, threshold=1.5)[-1][0].person == "Ann", \
+        "Bob's only photo has nothing to be compared with"
+    assert len(unlike_their_person(photos, vectors, threshold=1.5)) == 4

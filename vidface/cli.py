@@ -219,7 +219,7 @@ def gallery_build(
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
     """Embed every gallery photo now (cached; later runs reuse it)."""
-    from .gallery import list_gallery
+    from .gallery import list_gallery, unlike_their_person
     from .pipeline import Models
 
     list_gallery(folder)
@@ -227,6 +227,13 @@ def gallery_build(
     gallery = _load_gallery(folder, models)
     out.print(f"gallery {folder}: {len(gallery.names)} people, {len(gallery.embeddings)} usable photos, "
               f"{len(gallery.problems)} skipped", markup=False, highlight=False)
+    vectors = {name: list(gallery.embeddings[gallery.owners == index]) for index, name in enumerate(gallery.names)}
+    unlike = unlike_their_person(gallery.photos, vectors, _photo_check_threshold(models))
+    if unlike:
+        listed = ", ".join(f"{photo.person}/{photo.path.name} ({best:.2f})" for photo, best in unlike)
+        out.print(f"{len(unlike)} photos look unlike their person's other photos, best similarity in brackets "
+                  f"(someone else's photo, or a face of little use; see gallery show): {listed}",
+                  markup=False, highlight=False)
 
 
 @gallery_app.command("show")
@@ -237,14 +244,15 @@ def gallery_show(
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
     """List people, photo counts, problem photos, and which face was taken from photos of several people."""
-    from .gallery import list_gallery, scan_gallery
+    from .gallery import list_gallery, scan_gallery, unlike_their_person
     from .pipeline import Models
 
     list_gallery(folder)
     models = Models.load(_settings(device=device, detector=detector, embedder=embedder))
-    photos, _ = scan_gallery(folder, models.detector, models.embedder)
+    photos, vectors = scan_gallery(folder, models.detector, models.embedder)
+    unlike = {photo.path: best for photo, best in unlike_their_person(photos, vectors, _photo_check_threshold(models))}
     table = Table(title=f"gallery {folder}")
-    for column in ("person", "photos", "usable", "problems",
+    for column in ("person", "photos", "usable", "problems", "unlike the person's other photos (best similarity)",
                    "photos of several faces: the face taken; dark photos whose face was found equalised"):
         table.add_column(column)
     by_person: dict[str, list] = {}
@@ -256,8 +264,9 @@ def gallery_show(
         several = ", ".join([f"{p.path.name} ({p.faces} faces: {p.chosen_by})"
                              for p in person_photos if p.status == "ok" and p.faces > 1]
                             + [f"{p.path.name} (dark, equalised)" for p in person_photos if p.equalised])
+        unlike_photos = ", ".join(f"{p.path.name} ({unlike[p.path]:.2f})" for p in person_photos if p.path in unlike)
         table.add_row(person, str(len(person_photos)), str(usable) if usable else "[red]0[/red]", problems or "-",
-                      several or "-")
+                      unlike_photos or "-", several or "-")
     out.print(table)
 
 
@@ -284,6 +293,11 @@ def gallery_enroll(
         frames = ", ".join(str(index) for index in result.frames)
         out.print(f"{result.folder}: {len(result.written)} new photos of {result.person} from {result.video} "
                   f"(frames {frames}; {len(result.existing)} there already)", markup=False, highlight=False)
+
+
+def _photo_check_threshold(models) -> float | None:
+    """The embedder's stored ``photo_check_threshold`` (``None`` for weights calibrated without one)."""
+    return getattr(getattr(models.embedder, "config", None), "photo_check_threshold", None)
 
 
 def _read_image(path: Path):

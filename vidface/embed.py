@@ -44,6 +44,10 @@ class EmbedderConfig:
     #: people held out of training: above the most alike pair of different people's 4-face tracks);
     #: ``None``: tracks are never named after one another (see :class:`vidface.track.Tracker`)
     link_threshold: float | None = None
+    #: a gallery photo whose best similarity to its person's other photos is below this is reported as
+    #: unlike them (another person filed there, or a face too dark or turned to be of use); calibrated on
+    #: people held out of training; ``None``: no such report
+    photo_check_threshold: float | None = None
     #: mean raw embedding of the training crops, ``D`` floats subtracted before L2 normalisation;
     #: a constant component shared by all faces would otherwise inflate every cosine similarity
     centre: list[float] | None = None

@@ -301,6 +301,26 @@ def build_gallery(folder: Path, detector, embedder, cache_dir: Path | None = Non
     return Gallery(folder, names, np.stack(rows), np.array(owners), photos)
 
 
+def unlike_their_person(photos: list[GalleryPhoto], vectors: dict[str, list[np.ndarray]],
+                        threshold: float | None) -> list[tuple[GalleryPhoto, float]]:
+    """The usable photos (of :func:`scan_gallery`'s answer) whose best similarity to their person's other
+    usable photos is below ``threshold`` (the embedder's ``photo_check_threshold``), with that similarity:
+    another person filed there, or a face too dark, small or turned to be of use. A person's only photo
+    has nothing to be compared with; ``None`` checks nothing."""
+    if threshold is None:
+        return []
+    unlike = []
+    for person, person_vectors in vectors.items():
+        if len(person_vectors) < 2:
+            continue
+        usable = [photo for photo in photos if photo.person == person and photo.status == "ok"]
+        stacked = np.stack(person_vectors)
+        similarity = stacked @ stacked.T
+        np.fill_diagonal(similarity, -np.inf)
+        unlike += [(photo, float(best)) for photo, best in zip(usable, similarity.max(axis=1)) if best < threshold]
+    return unlike
+
+
 def choose_subjects(photo_faces: list[np.ndarray]) -> list[tuple[int | None, str]]:
     """Which face of each of one person's photos shows that person: ``(index or None, why)`` per photo.
 

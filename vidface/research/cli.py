@@ -520,13 +520,13 @@ def eval_open_set(
     track_size: int = typer.Option(4, "--track-size", help="crops averaged into one pseudo-track"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
     store: bool = typer.Option(False, "--store", help="store the pseudo-track threshold as the embedder's default "
-                               "--match-threshold"),
+                               "--match-threshold, with its link and photo check thresholds"),
 ) -> None:
     """Track-level open-set rules on pseudo-tracks of the people held out of training (never evaluation data)."""
     from dataclasses import asdict
 
     from ..embed import FaceEmbedder, update_embedder_config
-    from .evaluation.open_set import compare_rules, link_threshold
+    from .evaluation.open_set import compare_rules, impostor_photo_scores, link_threshold, photo_check_threshold
     from ..pipeline import default_embedder
     from .train.embedder import EmbedderTrainConfig, calibration_people, crop_files, load_crops
 
@@ -557,14 +557,22 @@ def eval_open_set(
     out.print(table)
     link = link_threshold(embeddings, np.array(owners), track_size=track_size)
     out.print(f"link threshold (the most alike pair of different people's {track_size}-crop tracks): {link:.3f}")
+    photo_check = photo_check_threshold(embeddings, np.array(owners))
+    impostors = impostor_photo_scores(embeddings, np.array(owners))
+    out.print(f"photo check threshold (0.5 % of genuine photos in 10-photo galleries score below it): "
+              f"{photo_check:.3f}; a photo of someone else filed under a person is reported "
+              f"{float((impostors < photo_check).mean()):.1%} of the time")
     if json_out:
         write_json_atomic({"embedder": str(weights), "people": len(people), "crops": len(paths),
                            "cohort": len(cohort), "track_size": track_size, "link_threshold": round(link, 4),
+                           "photo_check_threshold": round(photo_check, 4),
+                           "impostor_photos_reported": round(float((impostors < photo_check).mean()), 4),
                            "rules": [asdict(r) for r in reports]}, json_out)
     if store:
         cosine = next(r for r in reports if r.rule == "cosine")
         stored = update_embedder_config(weights, match_threshold=round(cosine.threshold, 3),
-                                        link_threshold=round(link, 3))
+                                        link_threshold=round(link, 3),
+                                        photo_check_threshold=round(photo_check, 3))
         out.print(f"stored in {stored}")
 
 

@@ -272,3 +272,50 @@ def link_threshold(embeddings: np.ndarray, owners: np.ndarray, track_size: int =
         similarity[people[:, None] == people[None, :]] = -np.inf
         highest.append(float(similarity.max()))
     return float(np.mean(highest))
+
+
+def photo_check_threshold(embeddings: np.ndarray, owners: np.ndarray, photos_per_person: int = 10,
+                          share: float = 0.005, draws: int = 5, seed: int = 0) -> float:
+    """The best-own-photo similarity under which a gallery photo is reported as unlike its person
+    (``photo_check_threshold``).
+
+    Galleries of ``photos_per_person`` photos are drawn from each person's crops, ``draws`` times; each
+    photo's best similarity to the other photos of its person is taken, and the threshold is the
+    ``share`` quantile of them: that share of genuine photos is reported, while a photo of someone else
+    filed under a person reaches only that person's best impostor score.
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    owners = np.asarray(owners)
+    rng = np.random.default_rng(seed)
+    best_own = []
+    for _ in range(draws):
+        for person in np.unique(owners):
+            rows = np.flatnonzero(owners == person)
+            if len(rows) < 2:
+                continue
+            chosen = embeddings[rng.choice(rows, min(photos_per_person, len(rows)), replace=False)]
+            similarity = chosen @ chosen.T
+            np.fill_diagonal(similarity, -np.inf)
+            best_own.extend(similarity.max(axis=1))
+    if not best_own:
+        raise ValueError("a photo check threshold needs a person with at least two crops")
+    return float(np.quantile(best_own, share))
+
+
+def impostor_photo_scores(embeddings: np.ndarray, owners: np.ndarray, photos_per_person: int = 10,
+                          seed: int = 0) -> np.ndarray:
+    """Per crop, its best similarity to a ``photos_per_person``-photo gallery of another person drawn at
+    random: what a photo of someone else filed under that person scores against them."""
+    embeddings = np.asarray(embeddings, np.float32)
+    owners = np.asarray(owners)
+    rng = np.random.default_rng(seed)
+    people = np.unique(owners)
+    if len(people) < 2:
+        return np.zeros(0)
+    galleries = {p: embeddings[rng.choice(np.flatnonzero(owners == p), min(photos_per_person, int((owners == p).sum())),
+                                          replace=False)] for p in people}
+    scores = []
+    for row, owner in enumerate(owners):
+        other = rng.choice(people[people != owner])
+        scores.append(float((galleries[other] @ embeddings[row]).max()))
+    return np.array(scores)
