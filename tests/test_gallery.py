@@ -130,12 +130,18 @@ def test_a_person_whose_photos_cannot_be_read_is_told_so(tmp_path, fake_stages):
         build_gallery(tmp_path / "g", detector, embedder)
 
 
-class TwoSquaresDetector:
-    """Finds a face at each coloured square of a photo (see ``write_group_photo``), in no particular order."""
+class PatchDetector:
+    """Finds a face at each patch of a photo that :meth:`patches` marks (at least 100 pixels, narrower
+    than the photo), in no particular order; counts the images it is given."""
+
+    key = "patches"
 
     def __init__(self, weights_path):
-        self.weights_path, self.settings_key, self.photo_settings_key = weights_path, "squares", "squares"
+        self.weights_path, self.settings_key, self.photo_settings_key = weights_path, self.key, self.key
         self.calls = 0
+
+    def patches(self, image) -> np.ndarray:
+        raise NotImplementedError
 
     def __call__(self, images, closeups=None):
         from vidface.structures import Detection
@@ -143,11 +149,19 @@ class TwoSquaresDetector:
         self.calls += len(images)
         found = []
         for image in images:
-            mask = (image != image[0, 0]).any(axis=2).astype(np.uint8)
-            count, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+            count, _, stats, _ = cv2.connectedComponentsWithStats(self.patches(image).astype(np.uint8))
             found.append([Detection(np.array([x, y, x + w, y + h], np.float32), 0.9, None)
-                          for x, y, w, h, _ in stats[1:count]])
+                          for x, y, w, h, area in stats[1:count] if area >= 100 and w < image.shape[1]])
         return found
+
+
+class TwoSquaresDetector(PatchDetector):
+    """Finds a face at each coloured square of a photo (see ``write_group_photo``)."""
+
+    key = "squares"
+
+    def patches(self, image):
+        return (image != image[0, 0]).any(axis=2)
 
 
 def write_group_photo(path, squares):
@@ -206,25 +220,14 @@ def test_strangers_link_across_videos_only_when_every_member_looks_alike():
     assert link_strangers(np.zeros((0, 3), np.float32), np.array([]), 0.8).shape == (0,)
 
 
-class BrightPatchDetector:
-    """Finds a face at each patch (narrower than the photo) whose grey level reaches 50: it misses dim
-    faces, as a real detector misses the faces of a night-time film still."""
+class BrightPatchDetector(PatchDetector):
+    """Finds a face at each patch whose grey level reaches 50: it misses dim faces, as a real detector
+    misses the faces of a night-time film still."""
 
-    def __init__(self, weights_path):
-        self.weights_path, self.settings_key, self.photo_settings_key = weights_path, "bright", "bright"
-        self.calls = 0
+    key = "bright"
 
-    def __call__(self, images, closeups=None):
-        from vidface.structures import Detection
-
-        self.calls += len(images)
-        found = []
-        for image in images:
-            mask = (cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) >= 50).astype(np.uint8)
-            count, _, stats, _ = cv2.connectedComponentsWithStats(mask)
-            found.append([Detection(np.array([x, y, x + w, y + h], np.float32), 0.9, None)
-                          for x, y, w, h, area in stats[1:count] if area >= 100 and w < image.shape[1]])
-        return found
+    def patches(self, image):
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) >= 50
 
 
 def dim_photo(background: int, face: int, height: int) -> np.ndarray:
