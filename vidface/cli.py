@@ -218,7 +218,7 @@ def gallery_build(
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
-    """Embed every gallery photo now (cached; later runs reuse it)."""
+    """Embed every gallery photo now (cached; later runs reuse it), and name photos unlike their person's others."""
     from .gallery import list_gallery, unlike_their_person
     from .pipeline import Models
 
@@ -243,7 +243,8 @@ def gallery_show(
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
-    """List people, photo counts, problem photos, and which face was taken from photos of several people."""
+    """List people, photo counts, problem photos, photos unlike their person's others, and which face was
+    taken from photos of several people or found in a dark photo."""
     from .gallery import list_gallery, scan_gallery, unlike_their_person
     from .pipeline import Models
 
