@@ -288,3 +288,16 @@ def test_a_photo_unlike_its_persons_other_photos_is_reported_with_its_best_simil
     assert unlike_their_person(photos, vectors, threshold=1.5)[-1][0].person == "Ann", \
         "Bob's only photo has nothing to be compared with"
     assert len(unlike_their_person(photos, vectors, threshold=1.5)) == 4
+
+
+def test_a_face_found_in_a_dark_photos_equalised_copy_says_so_in_detects_answer(tmp_path, fake_stages):
+    from types import SimpleNamespace
+
+    from vidface.photo import annotate_photo
+
+    _, embedder = fake_stages
+    models = SimpleNamespace(detector=BrightPatchDetector(embedder.weights_path), embedder=embedder)
+    dark, _ = annotate_photo(dim_photo(12, 45, 100), models, None, 0.5)
+    plain, _ = annotate_photo(dim_photo(40, 200, 100), models, None, 0.5)
+    assert [face["equalised"] for face in dark] == [True] and [face["equalised"] for face in plain] == [False]
+    assert dark[0]["box"] == pytest.approx([100, 40, 200, 140], abs=3)

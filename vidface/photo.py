@@ -18,8 +18,9 @@ from .structures import Face
 
 
 def annotate_photo(image: np.ndarray, models, gallery, threshold: float) -> tuple[list[dict], np.ndarray]:
-    """Faces of ``image`` as JSON-ready dicts, and a copy of the image with them drawn."""
-    detections, _ = detect_photo(models.detector, image)
+    """Faces of ``image`` as JSON-ready dicts, and a copy of the image with them drawn. ``equalised``
+    in each: found only in the contrast-equalised copy of a dark photo (see :func:`detect_photo`)."""
+    detections, equalised = detect_photo(models.detector, image)
     faces = [Face(d) for d in detections]
     crops = [align_face(image, d.landmarks, d.box) for d in detections]
     embeddings = models.embedder(crops)
@@ -37,6 +38,7 @@ def annotate_photo(image: np.ndarray, models, gallery, threshold: float) -> tupl
             "landmarks": None if detection.landmarks is None else [[round(float(v), 1) for v in point] for point in detection.landmarks],
             "identity": face.label,
             "similarity": None if match is None else round(match.similarity, 4),
+            "equalised": equalised,
         })
     drawn = draw_faces(image.copy(), faces, landmarks=True)
     return records, drawn
