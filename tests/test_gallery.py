@@ -288,6 +288,9 @@ def test_a_photo_unlike_its_persons_other_photos_is_reported_with_its_best_simil
     assert unlike_their_person(photos, vectors, threshold=1.5)[-1][0].person == "Ann", \
         "Bob's only photo has nothing to be compared with"
     assert len(unlike_their_person(photos, vectors, threshold=1.5)) == 4
+    built = build_gallery(tmp_path / "g", detector, embedder)
+    assert [(photo.path, best) for photo, best in unlike_their_person(built.photos, built.vectors_by_person(), 0.99)] \
+        == [(photo.path, best) for photo, best in unlike], "a built gallery gives annotate the same report"
 
 
 def test_a_face_found_in_a_dark_photos_equalised_copy_says_so_in_detects_answer(tmp_path, fake_stages):

@@ -105,12 +105,15 @@ def _settings(**values):
 def _load_gallery(folder: Optional[Path], models, quiet: bool = False):
     if folder is None:
         return None
-    from .gallery import build_gallery
+    from .gallery import build_gallery, unlike_their_person
 
     gallery = build_gallery(folder, models.detector, models.embedder)
     if not quiet:
         for photo in gallery.problems:
             say(f"gallery: skipped {photo.path} ({photo.status})", style="yellow")
+        for photo, best in unlike_their_person(gallery.photos, gallery.vectors_by_person(), _photo_check_threshold(models)):
+            say(f"gallery: {photo.path} looks unlike {photo.person}'s other photos (best similarity {best:.2f}): "
+                f"someone else's photo, or a face of little use", style="yellow")
     return gallery
 
 
@@ -219,7 +222,7 @@ def gallery_build(
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
     """Embed every gallery photo now (cached; later runs reuse it), and name photos unlike their person's others."""
-    from .gallery import list_gallery, unlike_their_person
+    from .gallery import list_gallery
     from .pipeline import Models
 
     list_gallery(folder)
@@ -227,13 +230,6 @@ def gallery_build(
     gallery = _load_gallery(folder, models)
     out.print(f"gallery {folder}: {len(gallery.names)} people, {len(gallery.embeddings)} usable photos, "
               f"{len(gallery.problems)} skipped", markup=False, highlight=False)
-    vectors = {name: list(gallery.embeddings[gallery.owners == index]) for index, name in enumerate(gallery.names)}
-    unlike = unlike_their_person(gallery.photos, vectors, _photo_check_threshold(models))
-    if unlike:
-        listed = ", ".join(f"{photo.person}/{photo.path.name} ({best:.2f})" for photo, best in unlike)
-        out.print(f"{len(unlike)} photos look unlike their person's other photos, best similarity in brackets "
-                  f"(someone else's photo, or a face of little use; see gallery show): {listed}",
-                  markup=False, highlight=False)
 
 
 @gallery_app.command("show")

@@ -118,6 +118,10 @@ class Gallery:
             matches.append(Match(name if similarity >= threshold else None, similarity, name))
         return matches
 
+    def vectors_by_person(self) -> dict[str, list[np.ndarray]]:
+        """``{person: [(D,) unit embedding of each usable photo, in folder order]}``, as :func:`scan_gallery` gives."""
+        return {name: list(self.embeddings[self.owners == index]) for index, name in enumerate(self.names)}
+
     @property
     def problems(self) -> list[GalleryPhoto]:
         return [photo for photo in self.photos if photo.status != "ok"]
