@@ -318,11 +318,17 @@ def unlike_their_person(photos: list[GalleryPhoto], vectors: dict[str, list[np.n
         if len(person_vectors) < 2:
             continue
         usable = [photo for photo in photos if photo.person == person and photo.status == "ok"]
-        stacked = np.stack(person_vectors)
-        similarity = stacked @ stacked.T
-        np.fill_diagonal(similarity, -np.inf)
-        unlike += [(photo, float(best)) for photo, best in zip(usable, similarity.max(axis=1)) if best < threshold]
+        best_of = best_other_similarity(np.stack(person_vectors))
+        unlike += [(photo, float(best)) for photo, best in zip(usable, best_of) if best < threshold]
     return unlike
+
+
+def best_other_similarity(vectors: np.ndarray) -> np.ndarray:
+    """``(M,)``: for each of one person's ``(M, D)`` unit embeddings (``M >= 2``), its best cosine similarity
+    to the others: what the photo check compares with ``photo_check_threshold``, and what calibrates it."""
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    return similarity.max(axis=1)
 
 
 def choose_subjects(photo_faces: list[np.ndarray]) -> list[tuple[int | None, str]]:

@@ -541,13 +541,13 @@ def eval_open_set(
         crops = crop_files(person)
         paths += crops
         owners += [index] * len(crops)
-    embeddings = model(list(load_crops(paths, model.config.input_size)))
+    embeddings, owners = model(list(load_crops(paths, model.config.input_size))), np.array(owners)
     from .datasets import data_root
 
     pool = [p for name in recipe.unlabelled_sets if (data_root() / name).is_dir() for p in crop_files(data_root() / name)]
     chosen = np.random.default_rng(recipe.seed).choice(len(pool), min(cohort_size, len(pool)), replace=False)
     cohort = model(list(load_crops([pool[i] for i in chosen], model.config.input_size)))
-    reports = compare_rules(embeddings, np.array(owners), cohort, track_size=track_size)
+    reports = compare_rules(embeddings, owners, cohort, track_size=track_size)
     table = Table("rule", "threshold", "cross-half balanced", "named right", "strangers rejected", "own on top")
     for row in reports:
         table.add_row(row.rule, f"{row.threshold:.3f}", f"{row.cross_balanced:.3f}", f"{row.named_right:.3f}",
@@ -555,18 +555,18 @@ def eval_open_set(
     out.print(f"{len(paths)} crops of {len(people)} held-out people, cohort of {len(cohort)} faces, "
               f"tracks of {track_size} crops")
     out.print(table)
-    link = link_threshold(embeddings, np.array(owners), track_size=track_size)
+    link = link_threshold(embeddings, owners, track_size=track_size)
     out.print(f"link threshold (the most alike pair of different people's {track_size}-crop tracks): {link:.3f}")
-    photo_check = photo_check_threshold(embeddings, np.array(owners))
-    impostors = impostor_photo_scores(embeddings, np.array(owners))
+    photo_check = photo_check_threshold(embeddings, owners)
+    impostors_reported = float((impostor_photo_scores(embeddings, owners) < photo_check).mean())
     out.print(f"photo check threshold (0.5 % of genuine photos in 10-photo galleries score below it): "
               f"{photo_check:.3f}; a photo of someone else filed under a person is reported "
-              f"{float((impostors < photo_check).mean()):.1%} of the time")
+              f"{impostors_reported:.1%} of the time")
     if json_out:
         write_json_atomic({"embedder": str(weights), "people": len(people), "crops": len(paths),
                            "cohort": len(cohort), "track_size": track_size, "link_threshold": round(link, 4),
                            "photo_check_threshold": round(photo_check, 4),
-                           "impostor_photos_reported": round(float((impostors < photo_check).mean()), 4),
+                           "impostor_photos_reported": round(impostors_reported, 4),
                            "rules": [asdict(r) for r in reports]}, json_out)
     if store:
         cosine = next(r for r in reports if r.rule == "cosine")

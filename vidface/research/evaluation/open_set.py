@@ -173,9 +173,6 @@ def pseudo_track_scores(embeddings: np.ndarray, owners: np.ndarray, people: np.n
         raise ValueError(f"pseudo-tracks need more than {gallery_people} people with "
                          f"{gallery_photos + track_size} crops; have {len(usable)}")
 
-    def track(indices: np.ndarray) -> np.ndarray:
-        return pseudo_track(embeddings, indices)
-
     known_top, known_right, unknown_top = [], [], []
     for _ in range(splits):
         chosen = rng.choice(usable, gallery_people, replace=False)
@@ -183,9 +180,9 @@ def pseudo_track_scores(embeddings: np.ndarray, owners: np.ndarray, people: np.n
         for person in chosen:
             order = rng.permutation(crops_of[person])
             photos.append(embeddings[order[:gallery_photos]])
-            queries.append(track(order[gallery_photos : gallery_photos + track_size]))
-        strangers = [track(rng.permutation(crops_of[p])[:track_size]) for p in crops_of if p not in set(chosen)
-                     and len(crops_of[p]) >= track_size]
+            queries.append(pseudo_track(embeddings, order[gallery_photos : gallery_photos + track_size]))
+        strangers = [pseudo_track(embeddings, rng.permutation(crops_of[p])[:track_size])
+                     for p in crops_of if p not in set(chosen) and len(crops_of[p]) >= track_size]
         known, unknown = np.stack(queries), np.stack(strangers)
         known_scores = np.stack([(known @ p.T).max(axis=1) for p in photos], axis=1)
         unknown_scores = np.stack([(unknown @ p.T).max(axis=1) for p in photos], axis=1)
@@ -284,6 +281,8 @@ def photo_check_threshold(embeddings: np.ndarray, owners: np.ndarray, photos_per
     ``share`` quantile of them: that share of genuine photos is reported, while a photo of someone else
     filed under a person reaches only that person's best impostor score.
     """
+    from ...gallery import best_other_similarity
+
     embeddings = np.asarray(embeddings, np.float32)
     owners = np.asarray(owners)
     rng = np.random.default_rng(seed)
@@ -293,10 +292,8 @@ def photo_check_threshold(embeddings: np.ndarray, owners: np.ndarray, photos_per
             rows = np.flatnonzero(owners == person)
             if len(rows) < 2:
                 continue
-            chosen = embeddings[rng.choice(rows, min(photos_per_person, len(rows)), replace=False)]
-            similarity = chosen @ chosen.T
-            np.fill_diagonal(similarity, -np.inf)
-            best_own.extend(similarity.max(axis=1))
+            best_own.extend(best_other_similarity(
+                embeddings[rng.choice(rows, min(photos_per_person, len(rows)), replace=False)]))
     if not best_own:
         raise ValueError("a photo check threshold needs a person with at least two crops")
     return float(np.quantile(best_own, share))
