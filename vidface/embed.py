@@ -189,11 +189,14 @@ class FaceEmbedder:
 
     def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
         """``(N, D)`` float32 unit vectors for ``N`` aligned BGR crops."""
-        vectors = self.raw(crops)
-        if self._centre is not None:
-            vectors = vectors - self._centre
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return (vectors / np.maximum(norms, 1e-30)).astype(np.float32)
+        return unit_embeddings(self.raw(crops), self._centre)
+
+
+def unit_embeddings(raw: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
+    """``(N, D)`` raw network outputs -> float32 unit vectors, after subtracting ``centre`` (``(D,)``) if given."""
+    vectors = raw if centre is None else raw - centre
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-30)).astype(np.float32)
 
 
 def file_fingerprint(path: Path) -> str:

@@ -25,6 +25,9 @@ err = Console(stderr=True)
 
 
 TEACHERS = ("yunet", "scrfd", "centerface")
+#: the teacher, and its score, whose faces count as real besides WIDER's human boxes (faces WIDER left
+#: unlabelled): for mining hard negatives and for judging face-quality cues
+REAL_FACE_TEACHER, REAL_FACE_TEACHER_CONF = "scrfd", 0.3
 
 
 def _teacher(name: str, threshold: float, yunet_upscale: float = 2.0, scrfd_size: int = 640):
@@ -68,8 +71,8 @@ def data_hard_negatives(
     dataset: Path = typer.Option(Path("cache/widerface-pose"), "--dataset", help="pose data set from 'vidface data widerface'"),
     detector: Optional[Path] = DetectorOption,
     det_conf: Optional[float] = DetConfOption,
-    teacher: str = typer.Option("scrfd", "--teacher", help="what counts as a real face besides the human boxes"),
-    teacher_conf: float = typer.Option(0.3, "--teacher-conf"),
+    teacher: str = typer.Option(REAL_FACE_TEACHER, "--teacher", help="what counts as a real face besides the human boxes"),
+    teacher_conf: float = typer.Option(REAL_FACE_TEACHER_CONF, "--teacher-conf"),
     context: float = typer.Option(3.0, "--context", help="crop side over the false face's long side"),
     preview: Optional[Path] = typer.Option(None, "--preview", help="also draw the mined crops into this PNG"),
 ) -> None:
@@ -595,7 +598,8 @@ def eval_face_quality(
     values = {k: v for k, v in dict(detector=detector, det_conf=det_conf, embedder=embedder).items() if v is not None}
     models = Models.load(AnnotateSettings(device="cpu", write_video=False, **values))
     records = training_images()[:limit]
-    sample = gather_detections(records, models.detector, models.embedder, _teacher("scrfd", 0.3),
+    sample = gather_detections(records, models.detector, models.embedder,
+                               _teacher(REAL_FACE_TEACHER, REAL_FACE_TEACHER_CONF),
                                lambda path: cv2.imread(str(path)))
     rows = quality_report(sample, models.embedder.config.centre)
     table = Table("cue", "faces from (px)", "real", "false",

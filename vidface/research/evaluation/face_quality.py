@@ -30,8 +30,9 @@ from ...align import ARCFACE_TEMPLATE, align_face, estimate_similarity
 TEMPLATE_EYE_DISTANCE = float(np.linalg.norm(ARCFACE_TEMPLATE[1] - ARCFACE_TEMPLATE[0]))
 #: shares of real faces a filter may cost, as fractions
 TRUE_LOSSES = (0.01, 0.005)
-#: face heights (px) reported apart: tiny faces are the detector's business, large false ones the user's sight
-HEIGHT_BANDS = ((0.0, np.inf), (32.0, np.inf))
+#: each cue is reported for the faces at least this high (px): tiny faces are the detector's business,
+#: large false ones what a user sees
+MIN_HEIGHTS = (0.0, 32.0)
 
 
 @dataclass
@@ -139,27 +140,29 @@ def out_of_fold_face_head(features: np.ndarray, false: np.ndarray, groups: np.nd
 
 def quality_cues(sample: QualitySample, centre: np.ndarray | None) -> dict[str, np.ndarray]:
     """Every candidate cue, one value per detection."""
-    norms = np.linalg.norm(sample.raw, axis=1)
-    centred = sample.raw - (0.0 if centre is None else np.asarray(centre, np.float32))
-    unit = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    from ...embed import unit_embeddings
+
+    centre = None if centre is None else np.asarray(centre, np.float32)
+    centred = sample.raw if centre is None else sample.raw - centre
     return {
         "detector score": sample.score,
         "landmark geometry": sample.residual,
         "box height / width": sample.height / np.maximum(sample.width, 1e-6),
-        "feature norm": norms,
+        "feature norm": np.linalg.norm(sample.raw, axis=1),
         "centred feature norm": np.linalg.norm(centred, axis=1),
-        "linear head on the embedding": out_of_fold_face_head(unit, sample.false, sample.image),
+        "linear head on the embedding": out_of_fold_face_head(unit_embeddings(sample.raw, centre), sample.false,
+                                                              sample.image),
     }
 
 
 def quality_report(sample: QualitySample, centre: np.ndarray | None) -> list[dict]:
-    """Per cue and height band: real and false faces, and the share of false ones rejected at each
+    """Per cue and minimum height: real and false faces, and the share of false ones rejected at each
     of :data:`TRUE_LOSSES`."""
     rows = []
     for name, values in quality_cues(sample, centre).items():
-        for low, high in HEIGHT_BANDS:
-            band = (sample.height >= low) & (sample.height < high)
+        for min_height in MIN_HEIGHTS:
+            band = sample.height >= min_height
             real, false = values[band & ~sample.false], values[band & sample.false]
-            rows.append({"cue": name, "min_height": low, "real": int(len(real)), "false": int(len(false)),
+            rows.append({"cue": name, "min_height": min_height, "real": int(len(real)), "false": int(len(false)),
                          **{f"rejected_at_{loss:.3f}": rejected_share(real, false, loss) for loss in TRUE_LOSSES}})
     return rows

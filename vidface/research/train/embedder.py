@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..datasets import data_root
-from ...embed import EmbedderConfig, update_embedder_config
+from ...embed import EmbedderConfig, unit_embeddings, update_embedder_config
 from ...embed_net import EmbedderNet, crops_to_tensor, load_embedder_net, save_embedder
 
 
@@ -253,8 +253,7 @@ def centre_teacher(vectors: np.ndarray) -> np.ndarray:
     scores a low cosine loss while learning nothing. Centred, they spread over
     the sphere and the cosine loss carries identity.
     """
-    centred = vectors - vectors.mean(axis=0, keepdims=True)
-    return (centred / np.linalg.norm(centred, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+    return unit_embeddings(vectors, vectors.mean(axis=0))
 
 
 def store_embedding_centre(weights: Path, crop_paths: list[Path], limit: int = 4000, seed: int = 0) -> np.ndarray:
