@@ -4,8 +4,9 @@ import numpy as np
 from types import SimpleNamespace
 
 from vidface.align import ARCFACE_TEMPLATE
-from vidface.research.evaluation.face_quality import (gather_detections, landmark_residual, out_of_fold_face_head,
-                                                       quality_report, rejected_share)
+from vidface.research.evaluation.face_quality import (MID_STAGE, gather_detections, landmark_residual,
+                                                       out_of_fold_face_head, quality_report, rejected_share,
+                                                       stage_features)
 from vidface.structures import Detection
 
 
@@ -81,3 +82,65 @@ def test_gather_labels_a_detection_false_only_where_no_known_face_is():
     assert (geometry["real"], geometry["false"]) == (5, 5)
     assert geometry["rejected_at_0.010"] == 1.0  # every upside-down layout is past the real faces' 99th percentile
     assert {r["cue"] for r in rows} >= {"detector score", "feature norm", "linear head on the embedding"}
+
+
+def test_standardising_lets_the_head_use_a_feature_of_any_scale():
+    rng = np.random.default_rng(1)
+    count = 400
+    false = rng.random(count) < 0.2
+    groups = np.arange(count) // 4
+    features = rng.normal(size=(count, 4))
+    features[:, 0] = (features[:, 0] + np.where(false, 3.0, 0.0)) * 1e-4  # the signal, in a tiny unit
+    features[:, 1:] *= 1e3
+    plain = out_of_fold_face_head(features, false, groups)
+    scaled = out_of_fold_face_head(features, false, groups, standardise=True)
+    assert rejected_share(scaled[~false], scaled[false], 0.01) > 0.5
+    assert rejected_share(scaled[~false], scaled[false], 0.01) > rejected_share(plain[~false], plain[false], 0.01)
+
+
+def test_stage_features_are_channel_means_of_the_embedder_stage(random_models):
+    from vidface.embed_net import load_embedder_net
+
+    net, config = load_embedder_net(random_models[1])
+    net.eval()
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 255, (112, 112, 3), dtype=np.uint8) for _ in range(3)]
+    features = stage_features(net, config, crops, batch_size=2)
+    assert features.shape == (3, 192)  # EfficientNet-B0's stage 6
+    scale = np.abs(features).max()
+    assert scale > 0
+    assert np.abs(stage_features(net, config, crops[1:2]) - features[1:2]).max() < 1e-4 * scale  # batch-independent
+    assert np.abs(features[0] - features[1]).max() > 1e-2 * scale
+    assert stage_features(net, config, []).shape[0] == 0
+
+
+def test_mid_level_features_add_their_own_head_to_the_report():
+    records = [SimpleNamespace(path=f"image{i}", boxes=np.array([[8, 8, 52, 62]], np.float32)) for i in range(8)]
+    teacher = lambda image: SimpleNamespace(boxes=np.zeros((0, 4), np.float32))  # noqa: E731
+    images = {f"image{i}": np.full((200, 200, 3), 20 * i, np.uint8) for i in range(8)}
+    sample = gather_detections(records, TwoFacesDetector(), MeanColourEmbedder(), teacher, images.get,
+                               mid_features=lambda crops: np.stack([c.reshape(-1, 3).std(axis=0) for c in crops]))
+    assert sample.mid.shape == (16, 3)
+    cues = {r["cue"] for r in quality_report(sample, centre=None)}
+    assert f"linear head on the embedder's stage-{MID_STAGE} features" in cues
+    without = gather_detections(records, TwoFacesDetector(), MeanColourEmbedder(), teacher, images.get)
+    assert without.mid.shape == (16, 0)
+    assert not any("stage" in r["cue"] for r in quality_report(without, centre=None))
+
+
+def test_the_stored_head_costs_the_asked_share_of_the_real_faces_it_judges():
+    from vidface.research.evaluation.face_quality import QualitySample, calibrated_non_face_head
+
+    rng = np.random.default_rng(2)
+    count = 2000
+    false = rng.random(count) < 0.2
+    height = rng.uniform(10, 100, count)
+    mid = rng.normal(size=(count, 5)) * [1, 10, 100, 1, 1] + np.where(false[:, None], 2.0, 0.0) * np.eye(5)[0]
+    sample = QualitySample(false=false, image=np.arange(count), height=height, width=height, score=np.ones(count),
+                           residual=np.zeros(count), raw=np.zeros((count, 4), np.float32), mid=mid)
+    head = np.asarray(calibrated_non_face_head(sample, min_height=32.0, true_loss=0.01))
+    assert head.shape == (6,)
+    logits = mid @ head[:-1] + head[-1]
+    judged = height >= 32.0
+    assert abs((logits[judged & ~false] > 0).mean() - 0.01) < 0.003
+    assert (logits[judged & false] > 0).mean() > 0.2  # the head still catches false faces at that cost

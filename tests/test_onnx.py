@@ -118,3 +118,67 @@ def test_batch_size_left_to_the_device_is_small_on_the_cpu(random_models):
     models = Models.load(settings)
     assert settings.resolved(models).batch_size == CPU_BATCH_SIZE
     assert AnnotateSettings(batch_size=5, detector=detector, embedder=embedder).resolved(models).batch_size == 5
+
+
+def test_int8_keeps_scores_beside_pixel_coordinates(tmp_path):
+    """The detector's output joins pixel coordinates (hundreds) and 0-1 scores; only convolutions and
+    matrix products go to int8, so the scores survive the shared output."""
+    import torch
+
+    from vidface.onnx_runtime import OnnxRunner
+    from vidface.research.evaluation.backends import quantised_graph
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, images):
+            features = self.conv(images).mean(dim=(2, 3))
+            return torch.cat([features[:, :2] * 300 + 320, torch.sigmoid(features[:, 2:])], dim=1)
+
+    graph = tmp_path / "head.onnx"
+    example = torch.rand(1, 3, 16, 16)
+    torch.onnx.export(Head().eval(), example, str(graph), input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "batch"}}, opset_version=17, dynamo=False)
+    rng = np.random.default_rng(0)
+    batches = [rng.random((1, 3, 16, 16), dtype=np.float32) for _ in range(8)]
+    quantised = quantised_graph(graph, batches, "head")
+    assert quantised.name == "head-head-int8.onnx" and quantised.exists()
+    probe = rng.random((4, 3, 16, 16), dtype=np.float32)
+    exact, approximate = OnnxRunner(graph)(probe), OnnxRunner(quantised)(probe)
+    assert np.abs(approximate[:, 2:] - exact[:, 2:]).max() < 0.05
+    assert np.abs(approximate[:, :2] - exact[:, :2]).max() < 0.05 * np.abs(exact[:, :2]).max()
+
+
+def test_an_embedder_with_a_face_head_judges_each_crop_in_the_same_pass(random_models, tmp_path):
+    import shutil
+
+    import torch
+
+    from vidface.embed import FaceEmbedder, crops_to_batch, update_embedder_config
+    from vidface.embed_net import load_embedder_net
+
+    weights = tmp_path / "judging.safetensors"
+    shutil.copy(random_models[1], weights)
+    shutil.copy(random_models[1].with_suffix(".json"), weights.with_suffix(".json"))
+    rng = np.random.default_rng(0)
+    crops = list(rng.integers(0, 255, (5, 112, 112, 3), dtype=np.uint8))
+    net, config = load_embedder_net(weights)
+    with torch.inference_mode():
+        stage = net.eval().embed_and_stage(torch.from_numpy(crops_to_batch(crops, config)))[:, 512:].numpy()
+    assert stage.shape == (5, 192)
+    # weights in the unit of these (random) features, so that every logit depends on them
+    head = np.append(rng.normal(size=192) / np.abs(stage).max(), 0.5)
+    expected = stage.astype(np.float64) @ head[:-1] + head[-1]
+    assert np.ptp(expected) > 0.5
+    update_embedder_config(weights, non_face_head=head.tolist())
+    plain = FaceEmbedder(random_models[1], "cpu", backend="torch")
+    assert plain.embed_and_judge(crops)[1] is None
+    for backend in ("torch", "onnx"):
+        embedder = FaceEmbedder(weights, "cpu", backend=backend)
+        vectors, logits = embedder.embed_and_judge(crops)
+        assert np.abs(vectors - plain(crops)).max() < 1e-4, "the head changes no embedding"
+        assert np.abs(logits - expected).max() < 0.02 * np.ptp(expected), backend
+        assert embedder.embed_and_judge([])[1].shape == (0,)

@@ -70,9 +70,9 @@ def test_embed_every_few_passes_embeds_fewer_faces_and_keeps_the_name(setup, tmp
             self.inner, self.crops = inner, 0
             self.dim, self.flip, self.weights_path = inner.dim, inner.flip, inner.weights_path
 
-        def __call__(self, crops):
+        def embed_and_judge(self, crops):
             self.crops += len(crops)
-            return self.inner(crops)
+            return self.inner.embed_and_judge(crops)
 
     counting = CountingEmbedder(models.embedder)
     settings = AnnotateSettings(match_threshold=0.99, batch_size=3, embed_every=4)
@@ -219,3 +219,33 @@ def test_the_closeup_pass_runs_on_the_first_pass_of_each_shot(setup, tmp_path):
     annotate(clip, gallery, None, tmp_path / "every.json", AnnotateSettings(match_threshold=0.99, write_video=False),
              Models(every_pass, models.embedder, "cpu"))
     assert every_pass.flags == [True] * 20
+
+
+def test_a_face_the_embedder_calls_no_face_is_neither_drawn_nor_logged(setup, tmp_path):
+    from types import SimpleNamespace
+
+    video, models, gallery = setup
+
+    class JudgingEmbedder:
+        """The stand-in embedder, with a face/non-face logit for every crop."""
+
+        judges_faces = True
+
+        def __init__(self, inner, logit, min_height):
+            self.inner, self.logit = inner, logit
+            self.dim, self.flip, self.weights_path = inner.dim, inner.flip, inner.weights_path
+            self.config = SimpleNamespace(non_face_min_height=min_height)
+
+        def embed_and_judge(self, crops):
+            return self.inner(crops), np.full(len(crops), self.logit, np.float32)
+
+    settings = AnnotateSettings(match_threshold=0.99, batch_size=3, write_video=False)
+
+    def tracks(logit, min_height=0.0):
+        judged = Models(models.detector, JudgingEmbedder(models.embedder, logit, min_height), "cpu")
+        out = tmp_path / f"judged{logit}{min_height}.json"
+        return annotate(video, gallery, None, out, settings, judged).document["tracks"]
+
+    assert tracks(-1.0) == annotate(video, gallery, None, tmp_path / "plain.json", settings, models).document["tracks"]
+    assert tracks(1.0) == []
+    assert [t["identity"] for t in tracks(1.0, min_height=10_000)] == ["Square"], "taller than any box: not judged"

@@ -236,3 +236,32 @@ def test_a_track_named_after_another_names_no_third():
     last = run(tracker, [[face([100, 100, 200, 200], further)] for _ in range(5)])
     assert last[-1][0].startswith("unknown-"), "no chain of look-alikes"
     assert tracker.tracks[max(tracker.tracks)].closest == "Ann"
+
+
+def judged(box, embedding, non_face):
+    found = face(box, embedding)
+    found.non_face = non_face
+    return found
+
+
+def test_a_track_its_crops_call_no_face_is_neither_shown_nor_kept_at_the_end():
+    tracker = Tracker(gallery(), threshold=0.5, settings=TrackerSettings(non_face_min_height=32.0))
+    hand = [[judged([300, 300, 360, 370], STRANGER, 2.0 + 0.1 * i),
+             judged([100, 100, 200, 200], ANN, -3.0)] for i in range(6)]
+    shown = run(tracker, hand)
+    tracker.finish()
+    assert all(ids == ["Ann"] for ids in shown[1:]), shown
+    hand_track = hand[0][0].track_id
+    assert not tracker.confirmed(hand_track) and tracker.confirmed(hand[0][1].track_id)
+
+
+def test_the_non_face_rule_spares_small_faces_and_follows_the_tracks_own_mean():
+    settings = TrackerSettings(non_face_min_height=32.0)
+    small = Tracker(gallery(), threshold=0.5, settings=settings)
+    run(small, [[judged([10, 10, 30, 30], ANN, 5.0)] for _ in range(3)])  # 20 px tall: the detector's business
+    assert small.confirmed(1)
+    revised = Tracker(gallery(), threshold=0.5, settings=settings)
+    shown = run(revised, [[judged([100, 100, 200, 200], ANN, logit)] for logit in (1.0, 0.5, -2.0, -2.0)])
+    assert shown == [[], [], ["Ann"], ["Ann"]]  # mean 1.0, 0.75, -0.17: confirmed once its own faces say face
+    off = Tracker(gallery(), threshold=0.5)  # no rule: every track is a face
+    assert run(off, [[judged([100, 100, 200, 200], ANN, 9.0)] for _ in range(2)])[-1] == ["Ann"]

@@ -515,3 +515,13 @@ def test_a_soup_is_the_mean_of_its_embedders_weights(tmp_path):
     with pytest.raises(ValueError, match="at least two"):
         average_embedders(sources[:1], tmp_path / "bad.safetensors")
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_a_missing_training_set_is_a_data_error_that_names_how_to_make_it(tmp_path, monkeypatch):
+    from vidface.errors import DataError
+    from vidface.research.train.embedder import training_crops
+
+    monkeypatch.chdir(tmp_path)
+    config = EmbedderTrainConfig(labelled_sets=[], unlabelled_sets=["cache/faces-wider"])
+    with pytest.raises(DataError, match="vidface data wider-crops"):
+        training_crops(config, root=tmp_path)

@@ -24,6 +24,9 @@ from .errors import ModelError
 from .files import write_atomically
 
 FORMAT = "vidface-embedder/1"
+#: the EfficientNet-B0 stage whose channel means the face/non-face head reads (192 channels, 4 x 4 at
+#: 112 px): deep enough to see a face, before the layers that learn whose face it is
+FACE_HEAD_STAGE = 6
 
 
 @dataclass
@@ -51,6 +54,14 @@ class EmbedderConfig:
     #: mean raw embedding of the training crops, ``D`` floats subtracted before L2 normalisation;
     #: a constant component shared by all faces would otherwise inflate every cosine similarity
     centre: list[float] | None = None
+    #: the face/non-face head: weights for the ``C`` channel means of the network's stage
+    #: :data:`FACE_HEAD_STAGE`, then a bias; a track whose mean logit is above 0 is not a face (its
+    #: threshold folded into the bias, calibrated on WIDER training images: ``vidface eval face-quality
+    #: --store``); ``None``: no such judgement
+    non_face_head: list[float] | None = None
+    #: the head judges only faces at least this tall (pixels): below it, telling a face from a hand is
+    #: the detector's business
+    non_face_min_height: float = 32.0
     format: str = FORMAT
 
 
@@ -120,6 +131,8 @@ class FaceEmbedder:
         self.batch_size = batch_size
         self.flip = flip
         self.dim = self.config.embedding_size
+        #: whether the network also reports how unlike a face each crop is (:meth:`embed_and_judge`)
+        self.judges_faces = self.config.non_face_head is not None
         self._centre = None
         if self.config.centre is not None:
             if len(self.config.centre) != self.dim:
@@ -136,12 +149,13 @@ class FaceEmbedder:
             def network():
                 import torch
 
-                from .embed_net import load_embedder_net
+                from .embed_net import JudgingEmbedder, load_embedder_net
 
-                return load_embedder_net(self.weights_path)[0].eval().float(), torch.zeros(2, 3, size, size)
+                net = load_embedder_net(self.weights_path)[0].eval().float()
+                return (JudgingEmbedder(net) if self.judges_faces else net), torch.zeros(2, 3, size, size)
 
-            self._onnx, self.graph = graph_runner(backend, device, f"embedder:{file_fingerprint(self.weights_path)}",
-                                                  network, {0: "batch"})
+            graph_key = f"embedder:{file_fingerprint(self.weights_path)}" + (":judging" if self.judges_faces else "")
+            self._onnx, self.graph = graph_runner(backend, device, graph_key, network, {0: "batch"})
             self.device, self.half = "cpu", False
         else:
             import torch
@@ -165,6 +179,26 @@ class FaceEmbedder:
 
     def raw(self, crops: list[np.ndarray]) -> np.ndarray:
         """``(N, D)`` float32 network outputs, neither centred nor normalised."""
+        return self._outputs(crops)[:, : self.dim]
+
+    def embed_and_judge(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(N, D)`` float32 unit vectors and ``(N,)`` "not a face" logits (above 0: not a face, see
+        :attr:`EmbedderConfig.non_face_head`), or ``None`` for the logits when these weights have no such head."""
+        outputs = self._outputs(crops)
+        vectors = unit_embeddings(outputs[:, : self.dim], self._centre)
+        if not self.judges_faces:
+            return vectors, None
+        if not len(outputs):
+            return vectors, np.zeros(0, np.float32)
+        head = np.asarray(self.config.non_face_head, np.float64)
+        stage = outputs[:, self.dim :].astype(np.float64)
+        if stage.shape[1] != len(head) - 1:
+            raise ModelError(f"embedder config {config_path_for(self.weights_path)}: non_face_head has "
+                             f"{len(head) - 1} weights, the network's stage {FACE_HEAD_STAGE} {stage.shape[1]} channels")
+        return vectors, (stage @ head[:-1] + head[-1]).astype(np.float32)
+
+    def _outputs(self, crops: list[np.ndarray]) -> np.ndarray:
+        """``(N, D)`` raw embeddings, followed by the stage's ``C`` channel means when :attr:`judges_faces`."""
         outputs = [np.zeros((0, self.dim), np.float32)]
         for start in range(0, len(crops), self.batch_size):
             batch = crops_to_batch(crops[start : start + self.batch_size], self.config)
@@ -174,10 +208,12 @@ class FaceEmbedder:
             else:
                 vectors = self._forward(batch)
             outputs.append(vectors)
-        return np.concatenate(outputs).astype(np.float32)
+        if len(outputs) == 1:
+            return outputs[0]
+        return np.concatenate(outputs[1:]).astype(np.float32)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """``(B, 3, S, S)`` float32 -> ``(B, D)`` float32."""
+        """``(B, 3, S, S)`` float32 -> ``(B, D)`` float32 (``(B, D + C)`` when :attr:`judges_faces`)."""
         if self._onnx is not None:
             return np.asarray(self._onnx(np.ascontiguousarray(batch)), np.float32)
         import torch
@@ -185,11 +221,12 @@ class FaceEmbedder:
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, memory_format=torch.channels_last)
             tensor = tensor.half() if self.half else tensor
-            return self.net(tensor).float().cpu().numpy()
+            output = self.net.embed_and_stage(tensor) if self.judges_faces else self.net(tensor)
+            return output.float().cpu().numpy()
 
     def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
         """``(N, D)`` float32 unit vectors for ``N`` aligned BGR crops."""
-        return unit_embeddings(self.raw(crops), self._centre)
+        return self.embed_and_judge(crops)[0]
 
 
 def unit_embeddings(raw: np.ndarray, centre: np.ndarray | None) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .embed import FORMAT, EmbedderConfig, config_path_for, crops_to_batch, read_embedder_config
+from .embed import FACE_HEAD_STAGE, FORMAT, EmbedderConfig, config_path_for, crops_to_batch, read_embedder_config
 from .errors import ModelError
 from .files import write_atomically
 
@@ -44,6 +44,24 @@ class EmbedderNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(images)))
+
+    def embed_and_stage(self, images: torch.Tensor, stage: int = FACE_HEAD_STAGE) -> torch.Tensor:
+        """``(B, D + C)``: the embedding, then the channel means of ``features[stage]``'s output (what the
+        face/non-face head reads), in one pass."""
+        hidden = self.features[: stage + 1](images)
+        embedding = self.head(self.pool(self.features[stage + 1 :](hidden)))
+        return torch.cat([embedding, hidden.mean(dim=(2, 3))], dim=1)
+
+
+class JudgingEmbedder(nn.Module):
+    """:meth:`EmbedderNet.embed_and_stage` as a module's forward, for exporting one graph with both."""
+
+    def __init__(self, net: EmbedderNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.embed_and_stage(images)
 
 
 def save_embedder(net: EmbedderNet, config: EmbedderConfig, weights: Path) -> Path:

@@ -280,7 +280,9 @@ class FrameProcessor:
         self.gallery = gallery
         self.threshold = settings.match_threshold
         self.settings = settings
-        tracker_settings = replace(tracker_settings or TrackerSettings(), embed_every=settings.embed_every)
+        judged = getattr(models.embedder, "judges_faces", False)
+        tracker_settings = replace(tracker_settings or TrackerSettings(), embed_every=settings.embed_every,
+                                   non_face_min_height=models.embedder.config.non_face_min_height if judged else None)
         self.tracker = Tracker(gallery, self.threshold, tracker_settings, link_threshold=settings.link_threshold)
         self.cuts = ShotCutDetector()
         self.times = StageTimes()
@@ -324,12 +326,13 @@ class FrameProcessor:
                     to_embed.append(face)
                     crops.append(align_face(frame.image, face.detection.landmarks, face.detection.box))
             per_frame_faces.append(faces)
-        embeddings = self.models.embedder(crops) if crops else np.zeros((0, 1), np.float32)
+        embeddings, non_face = self.models.embedder.embed_and_judge(crops) if crops else (None, None)
         self.times.faces_embedded += len(crops)
         matches = self.gallery.match(embeddings, self.threshold) if self.gallery is not None and crops else []
         for index, face in enumerate(to_embed):
             face.embedding = embeddings[index]
             face.match = matches[index] if matches else None
+            face.non_face = None if non_face is None else float(non_face[index])
         self.times.embed += time.perf_counter() - started
 
         started = time.perf_counter()

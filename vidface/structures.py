@@ -78,10 +78,13 @@ class Face:
     track_id: integer id assigned by the tracker (``-1`` before tracking).
     label: name shown for this face (track-level decision), ``None`` if unknown.
     display_id: ``label`` or a stable ``unknown-N`` name.
+    non_face: the embedder's "not a face" logit for this crop (above 0: not a face), ``None`` when
+        not embedded or the embedder has no face/non-face head.
     """
 
     detection: Detection
     embedding: np.ndarray | None = None
+    non_face: float | None = None
     match: Match | None = None
     track_id: int = -1
     label: str | None = None

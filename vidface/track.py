@@ -16,7 +16,9 @@ a name is never carried onto someone else. Ages count detector passes, not
 frames or seconds, so a slow detector (webcam) or ``--frame-skip`` does not
 expire tracks between passes. Identity (name or ``unknown-N``) is decided
 here, when a track is confirmed, and revised only from its own detections;
-drawing and the log read it.
+drawing and the log read it. With an embedder that judges faces, a track whose
+embedded crops say "not a face" on average (a hand, an ear) is not confirmed,
+so it is neither drawn nor logged.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class TrackerSettings:
     #: from the passes that were embedded
     embed_every: int = 1
     reuse_min_iou: float = 0.6
+    #: a track at least this tall (pixels) whose embedded faces' mean "not a face" logit
+    #: (:attr:`vidface.structures.Face.non_face`) is above 0 is not confirmed (a hand, an ear);
+    #: ``None``: every track is taken for a face
+    non_face_min_height: float | None = None
 
 
 @dataclass
@@ -104,6 +110,9 @@ class Track:
     closest: str | None = None
     named_after: int | None = None
     unknown_id: str | None = None
+    #: sum and count of the embedded faces' "not a face" logits
+    non_face_sum: float = 0.0
+    non_face_count: int = 0
     #: the last detections ``(frame, box)``, oldest first (bounded): what redaction interpolates between
     history: list[tuple[int, np.ndarray]] = field(default_factory=list)
 
@@ -183,7 +192,7 @@ class Tracker:
                 self._start(frame_index, face)
         for face in faces:
             track = self.tracks[face.track_id]
-            if track.hits >= self.settings.min_hits:
+            if track.hits >= self.settings.min_hits and not self.unlike_a_face(track):
                 track.confirmed = True
             self._decide_identity(track)
             self._recent[track.track_id] = track
@@ -244,7 +253,7 @@ class Tracker:
     def _close_shot(self) -> None:
         for track_id in self.live:
             track = self.tracks[track_id]
-            if track.last_pass == self.passes and not track.confirmed:
+            if track.last_pass == self.passes and not track.confirmed and not self.unlike_a_face(track):
                 track.confirmed = True
                 self._decide_identity(track)
 
@@ -300,7 +309,18 @@ class Tracker:
         track.history = track.history[-HISTORY_LENGTH + 1:] + [(frame_index, detection.box.copy())]
         face.track_id = track.track_id
 
+    def unlike_a_face(self, track: Track) -> bool:
+        """Whether ``track``'s own embedded faces say it is not a face (see ``non_face_min_height``); such a
+        track is never confirmed while they do."""
+        least = self.settings.non_face_min_height
+        if least is None or not track.non_face_count or track.box[3] - track.box[1] < least:
+            return False
+        return track.non_face_sum / track.non_face_count > 0.0
+
     def _add_evidence(self, track: Track, face: Face) -> None:
+        if face.non_face is not None:
+            track.non_face_sum += face.non_face
+            track.non_face_count += 1
         if face.embedding is None:
             return
         track.last_embedded_pass = self.passes

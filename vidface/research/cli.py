@@ -301,7 +301,7 @@ def embedder_centre_command(
     limit: int = typer.Option(4000, "--limit", help="crops to average"),
 ) -> None:
     """Measure the mean embedding of aligned crops and store it in the weights' config (subtracted before use)."""
-    from .train.embedder import EmbedderTrainConfig, gather_training_data, store_embedding_centre
+    from .train.embedder import EmbedderTrainConfig, store_embedding_centre, training_crops
 
     if crops is not None:
         from .train.embedder import crop_files
@@ -310,13 +310,14 @@ def embedder_centre_command(
         if not paths:
             raise typer.BadParameter(f"no aligned crops in {crops}")
     else:
-        paths, *_ = gather_training_data(EmbedderTrainConfig.load(config))
+        paths, *_ = training_crops(EmbedderTrainConfig.load(config))
     centre = store_embedding_centre(weights, paths, limit=limit)
     out.print(f"centre stored in {weights.with_suffix('.json')}: norm {float(np.linalg.norm(centre)):.3f}")
 
 
-def _detector_fn(model: str, imgsz: int, conf: float, backend: str = "torch"):
-    """``image -> (P, 5)`` for our weights (a path) or a teacher name."""
+def _detector_fn(model: str, imgsz: int, conf: float, backend: str = "torch", judge: Path | None = None):
+    """``image -> (P, 5)`` for our weights (a path) or a teacher name; ``judge``: an embedder whose
+    face/non-face head drops the faces it judges (each detection on its own: a photo has no tracks)."""
     if model in TEACHERS:
         teacher = _teacher(model, conf, yunet_upscale=1.0, scrfd_size=imgsz)
 
@@ -326,11 +327,30 @@ def _detector_fn(model: str, imgsz: int, conf: float, backend: str = "torch"):
 
         return run_teacher
     from ..detect import FaceDetector
+    from ..pipeline import resolve_backend
 
+    backend = resolve_backend(backend, "cpu")
     detector = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=conf, max_det=1000, backend=backend)
+    embedder = None
+    if judge is not None:
+        from ..embed import FaceEmbedder
+
+        embedder = FaceEmbedder(judge, "cpu", flip=True, backend=backend)
+        if not embedder.judges_faces:
+            raise typer.BadParameter(f"{judge} has no face/non-face head (vidface eval face-quality --store)")
 
     def run_ours(image):
         faces = detector([image])[0]
+        if embedder is not None:
+            from ..align import align_face
+
+            least = embedder.config.non_face_min_height
+            judged = [i for i, f in enumerate(faces) if f.height >= least]
+            if judged:
+                _, logits = embedder.embed_and_judge([align_face(image, faces[i].landmarks, faces[i].box)
+                                                      for i in judged])
+                dropped = {i for i, logit in zip(judged, logits) if logit > 0}
+                faces = [f for i, f in enumerate(faces) if i not in dropped]
         return np.array([[*f.box, f.score] for f in faces]).reshape(-1, 5)
 
     return run_ours
@@ -345,6 +365,8 @@ def eval_widerface(
     landmark_teacher: Optional[str] = typer.Option(None, "--landmarks-vs",
                                                    help="also measure our landmarks against a teacher: yunet, scrfd, centerface"),
     backend: str = BackendOption,
+    judge: Optional[Path] = typer.Option(None, "--non-face-filter", metavar="EMBEDDER",
+                                         help="drop the faces this embedder's face/non-face head judges not a face"),
     operating_score: Optional[float] = typer.Option(
         None, "--operating-score", metavar="SCORE", help="report false positives per image and recall at this score  "
         "[default: our detector's calibrated det_conf; none for a teacher]"),
@@ -360,7 +382,7 @@ def eval_widerface(
 
         operating_score = float(read_detector_metadata(Path(model))["det_conf"])
     bar = tqdm(unit="img", desc=f"WIDER val-eval {Path(model).name}")
-    report = evaluate_detector(_detector_fn(model, imgsz, conf, backend), limit=limit, operating_score=operating_score,
+    report = evaluate_detector(_detector_fn(model, imgsz, conf, backend, judge), limit=limit, operating_score=operating_score,
                                progress=lambda done, total: (setattr(bar, "total", total), bar.update(1)))
     bar.close()
     table = Table(title=f"WIDER FACE val-eval ({report.images} images, imgsz {imgsz}): {model}")
@@ -368,7 +390,8 @@ def eval_widerface(
         table.add_column(subset)
     table.add_row(*[f"{ap:.3f}" for ap in report.ap.values()])
     out.print(table)
-    result = {"model": model, "imgsz": imgsz, "backend": backend, "images": report.images, "ap": report.ap}
+    result = {"model": model, "imgsz": imgsz, "backend": backend, "images": report.images, "ap": report.ap,
+              "non_face_filter": None if judge is None else str(judge)}
     if report.operating is not None:
         from dataclasses import asdict
 
@@ -586,21 +609,30 @@ def eval_face_quality(
     embedder: Optional[Path] = EmbedderOption,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N training images"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
+    store: bool = typer.Option(False, "--store", help="fit the face/non-face head on the embedder's stage features "
+                               "of every detection and store it in the embedder's config, calibrated to cost "
+                               "the smaller share of the real faces it judges (0.5 %)"),
 ) -> None:
     """Face-quality cues against the detector's false faces on the WIDER training images (never val-eval):
     the share of false faces each rejects at a cost of 1 % and 0.5 % of the real ones."""
     import cv2
 
+    from ..embed_net import load_embedder_net
     from ..pipeline import AnnotateSettings, Models
-    from .evaluation.face_quality import TRUE_LOSSES, gather_detections, quality_report
+    from ..embed import update_embedder_config
+    from .evaluation.face_quality import (TRUE_LOSSES, calibrated_non_face_head, gather_detections, quality_report,
+                                          stage_features)
     from .train.widerface_data import training_images
 
     values = {k: v for k, v in dict(detector=detector, det_conf=det_conf, embedder=embedder).items() if v is not None}
     models = Models.load(AnnotateSettings(device="cpu", write_video=False, **values))
+    network, network_config = load_embedder_net(models.embedder.weights_path)
+    network.eval()
     records = training_images()[:limit]
     sample = gather_detections(records, models.detector, models.embedder,
                                _teacher(REAL_FACE_TEACHER, REAL_FACE_TEACHER_CONF),
-                               lambda path: cv2.imread(str(path)))
+                               lambda path: cv2.imread(str(path)),
+                               mid_features=lambda crops: stage_features(network, network_config, crops))
     rows = quality_report(sample, models.embedder.config.centre)
     table = Table("cue", "faces from (px)", "real", "false",
                   *(f"false rejected at {loss:.1%} of real lost" for loss in TRUE_LOSSES))
@@ -612,6 +644,12 @@ def eval_face_quality(
     if json_out:
         write_json_atomic({"detector": str(models.detector.weights_path), "images": len(records),
                            "detections": int(len(sample.false)), "rows": rows}, json_out)
+    if store:
+        least = models.embedder.config.non_face_min_height
+        head = calibrated_non_face_head(sample, least, TRUE_LOSSES[-1])
+        stored = update_embedder_config(models.embedder.weights_path, non_face_head=[round(v, 6) for v in head])
+        out.print(f"face/non-face head ({len(head) - 1} stage features) for faces of at least {least:g} px, "
+                  f"costing {TRUE_LOSSES[-1]:.1%} of the real ones here: stored in {stored}")
 
 
 @eval_app.command("peers")
@@ -669,14 +707,14 @@ def eval_backends(
     from ..pipeline import AnnotateSettings
     from .datasets import data_root
     from .evaluation.backends import compare_engines
-    from .train.embedder import EmbedderTrainConfig, gather_training_data, load_crops
+    from .train.embedder import EmbedderTrainConfig, load_crops, training_crops
 
     settings = AnnotateSettings(device="cpu")
     images, crops = [], None
     if calibration:
         wider = data_root() / "widerface" / "train-subset" / "images"
         images = sorted(wider.glob("*.jpg"))[:calibration]
-        paths, *_ = gather_training_data(EmbedderTrainConfig.load(config))
+        paths, *_ = training_crops(EmbedderTrainConfig.load(config))
         chosen = np.random.default_rng(0).choice(len(paths), min(8 * calibration, len(paths)), replace=False)
         crops = load_crops([paths[i] for i in chosen], 112)
     rows = compare_engines(video, settings, frames, images, crops, log=lambda line: err.print(line, markup=False))

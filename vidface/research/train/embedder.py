@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..datasets import data_root
+from ...errors import DataError
 from ...embed import EmbedderConfig, unit_embeddings, update_embedder_config
 from ...embed_net import EmbedderNet, crops_to_tensor, load_embedder_net, save_embedder
 
@@ -194,9 +195,19 @@ def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
 
 
 def gather_training_data(config: EmbedderTrainConfig, root: Path | None = None):
-    """Paths, labels (``-1`` = unlabelled) and teacher vectors of every training crop."""
+    """Paths, labels (``-1`` = unlabelled) and teacher vectors of every training crop, and how many people."""
     from .dlib_teacher import teacher_cache
 
+    root = root or data_root()
+    paths, labels, people = training_crops(config, root)
+    cache_root = root / "faces"
+    _, teacher = teacher_cache(paths, cache_root, Path(config.teacher_cache))
+    return paths, labels, centre_teacher(teacher), people
+
+
+def training_crops(config: EmbedderTrainConfig, root: Path | None = None) -> tuple[list[Path], list[int], int]:
+    """Paths and labels (``-1`` = unlabelled) of every training crop (people held out for calibration left
+    out), and how many labelled people they hold."""
     root = root or data_root()
     for banned in ("lfw", "videofaceid"):
         if any(banned in s for s in config.labelled_sets + config.unlabelled_sets):
@@ -214,9 +225,7 @@ def gather_training_data(config: EmbedderTrainConfig, root: Path | None = None):
         crops = crop_files(_crop_folder(unlabelled, root))
         paths += crops
         labels += [-1] * len(crops)
-    cache_root = root / "faces"
-    _, teacher = teacher_cache(paths, cache_root, Path(config.teacher_cache))
-    return paths, labels, centre_teacher(teacher), len(identities)
+    return paths, labels, len(identities)
 
 
 def calibration_people(config: EmbedderTrainConfig, root: Path | None = None) -> list[Path]:
@@ -241,7 +250,8 @@ def _crop_folder(name: str, root: Path) -> Path:
     (for example ``cache/faces-wider`` made by ``vidface data wider-crops``)."""
     folder = root / name if (root / name).is_dir() else Path(name)
     if not folder.is_dir():
-        raise FileNotFoundError(f"training set {name!r} is neither under {root} nor a folder here")
+        made_by = " (made by `vidface data wider-crops`)" if name.startswith("cache/") else ""
+        raise DataError(f"training set {name!r} is neither under {root} nor a folder here{made_by}")
     return folder
 
 
