@@ -96,3 +96,46 @@ def test_operating_point_counts_boxes_on_no_face_and_recall_at_the_score():
     missed = sum(index % 2 for index in range(len(images)))
     assert point.hard_recall == pytest.approx(1 - missed / sum(len(i.boxes) for i in images))
     assert evaluate_predictions(predictions, images, keep).operating is None
+
+
+def test_the_non_face_filter_drops_only_the_faces_its_head_judges(random_models, tmp_path, monkeypatch):
+    import shutil
+
+    import vidface.detect
+    from vidface.align import ARCFACE_TEMPLATE
+    from vidface.embed import update_embedder_config
+    from vidface.research.cli import _detector_fn
+    from vidface.structures import Detection
+
+    class TwoFaces:
+        """A 60-px face and a 20-px one in any image."""
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, images, closeups=None):
+            big = Detection(np.array([10, 10, 60, 70], np.float32), 0.9,
+                            (ARCFACE_TEMPLATE * 50 / 112 + 10).astype(np.float32))
+            small = Detection(np.array([100, 100, 116, 120], np.float32), 0.5,
+                              (ARCFACE_TEMPLATE * 16 / 112 + 100).astype(np.float32))
+            return [[big, small] for _ in images]
+
+    monkeypatch.setattr(vidface.detect, "FaceDetector", TwoFaces)
+    image = np.random.default_rng(0).integers(0, 255, (160, 160, 3), dtype=np.uint8)
+    plain = _detector_fn(str(random_models[0]), 640, 0.01, "onnx")(image)
+    assert plain.shape == (2, 5)
+
+    def judged_by(bias):
+        weights = tmp_path / f"judge{bias}.safetensors"
+        shutil.copy(random_models[1], weights)
+        shutil.copy(random_models[1].with_suffix(".json"), weights.with_suffix(".json"))
+        update_embedder_config(weights, non_face_head=[0.0] * 192 + [bias])
+        return _detector_fn(str(random_models[0]), 640, 0.01, "onnx", judge=weights)(image)
+
+    assert np.array_equal(judged_by(-1.0), plain)
+    kept = judged_by(1.0)
+    assert kept.shape == (1, 5) and kept[0, 3] - kept[0, 1] < 32, "only the small face, too small to judge"
+    import typer
+
+    with pytest.raises(typer.BadParameter, match="no face/non-face head"):
+        _detector_fn(str(random_models[0]), 640, 0.01, "onnx", judge=random_models[1])
