@@ -4,7 +4,8 @@ import numpy as np
 from types import SimpleNamespace
 
 from vidface.align import ARCFACE_TEMPLATE
-from vidface.research.evaluation.face_quality import (MID_STAGE, gather_detections, landmark_residual,
+from vidface.embed import FACE_HEAD_STAGE
+from vidface.research.evaluation.face_quality import (gather_detections, landmark_residual,
                                                        out_of_fold_face_head, quality_report, rejected_share,
                                                        stage_features)
 from vidface.structures import Detection
@@ -122,7 +123,7 @@ def test_mid_level_features_add_their_own_head_to_the_report():
                                mid_features=lambda crops: np.stack([c.reshape(-1, 3).std(axis=0) for c in crops]))
     assert sample.mid.shape == (16, 3)
     cues = {r["cue"] for r in quality_report(sample, centre=None)}
-    assert f"linear head on the embedder's stage-{MID_STAGE} features" in cues
+    assert f"linear head on the embedder's stage-{FACE_HEAD_STAGE} features" in cues
     without = gather_detections(records, TwoFacesDetector(), MeanColourEmbedder(), teacher, images.get)
     assert without.mid.shape == (16, 0)
     assert not any("stage" in r["cue"] for r in quality_report(without, centre=None))

@@ -133,6 +133,7 @@ class FaceEmbedder:
         self.dim = self.config.embedding_size
         #: whether the network also reports how unlike a face each crop is (:meth:`embed_and_judge`)
         self.judges_faces = self.config.non_face_head is not None
+        self._non_face_head = np.asarray(self.config.non_face_head, np.float64) if self.judges_faces else None
         self._centre = None
         if self.config.centre is not None:
             if len(self.config.centre) != self.dim:
@@ -190,7 +191,7 @@ class FaceEmbedder:
             return vectors, None
         if not len(outputs):
             return vectors, np.zeros(0, np.float32)
-        head = np.asarray(self.config.non_face_head, np.float64)
+        head = self._non_face_head
         stage = outputs[:, self.dim :].astype(np.float64)
         if stage.shape[1] != len(head) - 1:
             raise ModelError(f"embedder config {config_path_for(self.weights_path)}: non_face_head has "
@@ -199,7 +200,7 @@ class FaceEmbedder:
 
     def _outputs(self, crops: list[np.ndarray]) -> np.ndarray:
         """``(N, D)`` raw embeddings, followed by the stage's ``C`` channel means when :attr:`judges_faces`."""
-        outputs = [np.zeros((0, self.dim), np.float32)]
+        outputs = []
         for start in range(0, len(crops), self.batch_size):
             batch = crops_to_batch(crops[start : start + self.batch_size], self.config)
             if self.flip:  # the crops and their mirror images in one batch
@@ -208,9 +209,7 @@ class FaceEmbedder:
             else:
                 vectors = self._forward(batch)
             outputs.append(vectors)
-        if len(outputs) == 1:
-            return outputs[0]
-        return np.concatenate(outputs[1:]).astype(np.float32)
+        return np.concatenate(outputs).astype(np.float32) if outputs else np.zeros((0, self.dim), np.float32)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """``(B, 3, S, S)`` float32 -> ``(B, D)`` float32 (``(B, D + C)`` when :attr:`judges_faces`)."""

@@ -45,11 +45,15 @@ class EmbedderNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(images)))
 
-    def embed_and_stage(self, images: torch.Tensor, stage: int = FACE_HEAD_STAGE) -> torch.Tensor:
-        """``(B, D + C)``: the embedding, then the channel means of ``features[stage]``'s output (what the
-        face/non-face head reads), in one pass."""
-        hidden = self.features[: stage + 1](images)
-        embedding = self.head(self.pool(self.features[stage + 1 :](hidden)))
+    def stage_output(self, images: torch.Tensor, stage: int = FACE_HEAD_STAGE) -> torch.Tensor:
+        """``(B, C, h, w)``: the output of ``features[stage]`` (what the face/non-face head reads the channel
+        means of)."""
+        return self.features[: stage + 1](images)
+
+    def embed_and_stage(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, D + C)``: the embedding, then the channel means of :meth:`stage_output`, in one pass."""
+        hidden = self.stage_output(images)
+        embedding = self.head(self.pool(self.features[FACE_HEAD_STAGE + 1 :](hidden)))
         return torch.cat([embedding, hidden.mean(dim=(2, 3))], dim=1)
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...align import ARCFACE_TEMPLATE, align_face, estimate_similarity
+from ...embed import FACE_HEAD_STAGE
 
 #: the template's eye distance (112-px crop) in pixels, the unit of :func:`landmark_residual`
 TEMPLATE_EYE_DISTANCE = float(np.linalg.norm(ARCFACE_TEMPLATE[1] - ARCFACE_TEMPLATE[0]))
@@ -35,8 +36,6 @@ TRUE_LOSSES = (0.01, 0.005)
 #: each cue is reported for the faces at least this high (px): tiny faces are the detector's business,
 #: large false ones what a user sees
 MIN_HEIGHTS = (0.0, 32.0)
-#: the EfficientNet-B0 stage whose channel means :func:`stage_features` returns (192 channels, 4 x 4 at 112 px)
-MID_STAGE = 6
 
 
 @dataclass
@@ -60,9 +59,10 @@ class QualitySample:
     mid: np.ndarray
 
 
-def stage_features(net, config, crops: list[np.ndarray], stage: int = MID_STAGE, batch_size: int = 64) -> np.ndarray:
-    """``float32 (N, C)``: the channel means of stage ``stage`` of the embedder network ``net``
-    (:class:`~vidface.embed_net.EmbedderNet`, PyTorch) for ``N`` aligned BGR crops."""
+def stage_features(net, config, crops: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
+    """``float32 (N, C)``: the channel means of the embedder network ``net``'s stage
+    :data:`~vidface.embed.FACE_HEAD_STAGE` (:meth:`~vidface.embed_net.EmbedderNet.stage_output`, what the
+    stored face/non-face head reads) for ``N`` aligned BGR crops."""
     import torch
 
     from ...embed import crops_to_batch
@@ -70,10 +70,8 @@ def stage_features(net, config, crops: list[np.ndarray], stage: int = MID_STAGE,
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(crops), batch_size):
-            hidden = torch.from_numpy(crops_to_batch(crops[start : start + batch_size], config))
-            for block in net.features[: stage + 1]:
-                hidden = block(hidden)
-            outputs.append(hidden.mean(dim=(2, 3)).numpy())
+            batch = torch.from_numpy(crops_to_batch(crops[start : start + batch_size], config))
+            outputs.append(net.stage_output(batch).mean(dim=(2, 3)).numpy())
     return np.concatenate(outputs).astype(np.float32) if outputs else np.zeros((0, 0), np.float32)
 
 
@@ -207,7 +205,7 @@ def quality_cues(sample: QualitySample, centre: np.ndarray | None) -> dict[str, 
                                                               sample.image),
     }
     if sample.mid.shape[1]:
-        cues[f"linear head on the embedder's stage-{MID_STAGE} features"] = out_of_fold_face_head(
+        cues[f"linear head on the embedder's stage-{FACE_HEAD_STAGE} features"] = out_of_fold_face_head(
             sample.mid, sample.false, sample.image, standardise=True)
     return cues
 
