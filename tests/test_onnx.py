@@ -182,3 +182,49 @@ def test_an_embedder_with_a_face_head_judges_each_crop_in_the_same_pass(random_m
         assert np.abs(vectors - plain(crops)).max() < 1e-4, "the head changes no embedding"
         assert np.abs(logits - expected).max() < 0.02 * np.ptp(expected), backend
         assert embedder.embed_and_judge([])[1].shape == (0,)
+
+
+def test_luminance_normalisation_meets_dark_and_lit_copies_of_a_face_on_equal_terms(random_models, tmp_path):
+    """A darkened copy of a crop is fed to the network as the crop itself (up to rounding), its colours kept."""
+    import shutil
+
+    from vidface.embed import CROP_LUMINANCE, EmbedderConfig, FaceEmbedder, crops_to_batch, \
+        normalise_luminance, update_embedder_config
+
+    rng = np.random.default_rng(3)
+    shade = rng.uniform(70, 190, (2, 112, 112, 1))
+    lit = np.clip(shade + np.array([-12.0, 0.0, 15.0]) + rng.normal(0, 4, (2, 112, 112, 3)), 0, 255).astype(np.uint8)
+    dark = (lit.astype(np.float32) * 0.35 + 5).round().astype(np.uint8)
+    normalised = normalise_luminance(np.concatenate([lit, dark]))
+    grey = normalised.mean(axis=3)
+    assert np.allclose(grey.mean(axis=(1, 2)), CROP_LUMINANCE[0], atol=1.5)
+    assert np.allclose(grey.std(axis=(1, 2)), CROP_LUMINANCE[1], atol=1.5)
+    assert np.abs(normalised[:2] - normalised[2:]).mean() < 2.0
+    blue = normalised[..., 0] - normalised[..., 2]
+    original_blue = lit[..., 0].astype(np.float32) - lit[..., 2]
+    assert np.corrcoef(blue.ravel()[:12544], original_blue.ravel()[:12544])[0, 1] > 0.99, "colour ratios kept"
+
+    plain = EmbedderConfig()
+    assert not np.allclose(crops_to_batch(lit, plain), crops_to_batch(dark, plain), atol=0.1)
+    weights = tmp_path / "normalising.safetensors"
+    shutil.copy(random_models[1], weights)
+    shutil.copy(random_models[1].with_suffix(".json"), weights.with_suffix(".json"))
+    update_embedder_config(weights, crop_normalisation="luminance")
+    embedder = FaceEmbedder(weights, "cpu", backend="torch")
+    cosine = (embedder(list(lit)) * embedder(list(dark))).sum(axis=1)
+    assert cosine.min() > 0.98
+    assert FaceEmbedder(random_models[1], "cpu", backend="torch").fingerprint != embedder.fingerprint
+
+
+def test_an_unknown_crop_normalisation_is_a_model_error(random_models, tmp_path):
+    import shutil
+
+    from vidface.embed import read_embedder_config, update_embedder_config
+    from vidface.errors import ModelError
+
+    weights = tmp_path / "odd.safetensors"
+    shutil.copy(random_models[1], weights)
+    shutil.copy(random_models[1].with_suffix(".json"), weights.with_suffix(".json"))
+    update_embedder_config(weights, crop_normalisation="sepia")
+    with pytest.raises(ModelError, match="crop_normalisation 'sepia'"):
+        read_embedder_config(weights)

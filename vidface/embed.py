@@ -62,6 +62,10 @@ class EmbedderConfig:
     #: the head judges only faces at least this tall (pixels): below it, telling a face from a hand is
     #: the detector's business
     non_face_min_height: float = 32.0
+    #: ``"luminance"``: each crop's brightness and contrast are set to :data:`CROP_LUMINANCE` (mean, spread
+    #: of its grey levels) before the network sees it, so a dark or washed-out film still meets the gallery
+    #: on the same terms as a lit portrait; ``None``: crops as they come
+    crop_normalisation: str | None = None
     format: str = FORMAT
 
 
@@ -96,6 +100,9 @@ def read_embedder_config(weights: Path) -> EmbedderConfig:
         raise ModelError(f"embedder config {config_file} is malformed: {error}") from None
     if config.format != FORMAT:
         raise ModelError(f"{config_file} is not a vidface embedder config (format {config.format!r})")
+    if config.crop_normalisation not in CROP_NORMALISATIONS:
+        raise ModelError(f"{config_file}: unknown crop_normalisation {config.crop_normalisation!r} "
+                         f"(known: {', '.join(str(n) for n in CROP_NORMALISATIONS)})")
     try:
         with safe_open(str(weights), framework="numpy") as handle:
             handle.keys()
@@ -104,9 +111,26 @@ def read_embedder_config(weights: Path) -> EmbedderConfig:
     return config
 
 
+#: grey-level mean and standard deviation (0-255) a crop is given under ``crop_normalisation="luminance"``
+CROP_LUMINANCE = (128.0, 50.0)
+CROP_NORMALISATIONS = (None, "luminance")
+
+
+def normalise_luminance(batch: np.ndarray) -> np.ndarray:
+    """``uint8 (N, S, S, 3)`` crops -> ``float32`` crops whose grey levels (channel mean) have the mean and
+    spread of :data:`CROP_LUMINANCE`; colour ratios kept, clipped to 0-255."""
+    pixels = batch.astype(np.float32)
+    grey = pixels.mean(axis=3)
+    mean = grey.mean(axis=(1, 2))[:, None, None, None]
+    gain = CROP_LUMINANCE[1] / np.maximum(grey.std(axis=(1, 2)), 1.0)[:, None, None, None]
+    return np.clip((pixels - mean) * gain + CROP_LUMINANCE[0], 0.0, 255.0)
+
+
 def crops_to_batch(crops: list[np.ndarray] | np.ndarray, config: EmbedderConfig) -> np.ndarray:
     """Aligned BGR ``uint8 (N, S, S, 3)`` crops -> normalised ``float32 (N, 3, S, S)``."""
     batch = np.asarray(crops, dtype=np.uint8).reshape(-1, config.input_size, config.input_size, 3)
+    if config.crop_normalisation == "luminance":
+        batch = normalise_luminance(batch)
     if config.color_order == "RGB":
         batch = batch[..., ::-1]
     scale = 1.0 / (255.0 * np.asarray(config.std, np.float32))
