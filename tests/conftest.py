@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vidface.research.datasets import data_root
-from vidface.embed import file_fingerprint
+from vidface.embed import file_fingerprint, update_embedder_config
 from vidface.pipeline import default_detector, default_embedder
 from vidface.structures import Detection
 
@@ -101,6 +101,17 @@ def shipped_weights() -> tuple[Path, Path]:
     if not (detector.exists() and embedder.exists()):
         pytest.skip("shipped weights not present in weights/")
     return detector, embedder
+
+
+def embedder_variant(source: Path, weights: Path, **config) -> Path:
+    """A copy of the embedder ``source`` (weights and JSON) at ``weights``, with these config fields changed."""
+    import shutil
+
+    shutil.copy(source, weights)
+    shutil.copy(source.with_suffix(".json"), weights.with_suffix(".json"))
+    if config:
+        update_embedder_config(weights, **config)
+    return weights
 
 
 def shared(*parts: str) -> Path:

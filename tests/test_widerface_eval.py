@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import embedder_variant
 
 from vidface.research.datasets import WiderImage
 from vidface.research.evaluation.widerface import evaluate_predictions, image_eval, voc_ap
@@ -99,11 +100,8 @@ def test_operating_point_counts_boxes_on_no_face_and_recall_at_the_score():
 
 
 def test_the_non_face_filter_drops_only_the_faces_its_head_judges(random_models, tmp_path, monkeypatch):
-    import shutil
-
     import vidface.detect
     from vidface.align import ARCFACE_TEMPLATE
-    from vidface.embed import update_embedder_config
     from vidface.research.cli import _detector_fn
     from vidface.structures import Detection
 
@@ -126,10 +124,8 @@ def test_the_non_face_filter_drops_only_the_faces_its_head_judges(random_models,
     assert plain.shape == (2, 5)
 
     def judged_by(bias):
-        weights = tmp_path / f"judge{bias}.safetensors"
-        shutil.copy(random_models[1], weights)
-        shutil.copy(random_models[1].with_suffix(".json"), weights.with_suffix(".json"))
-        update_embedder_config(weights, non_face_head=[0.0] * 192 + [bias])
+        weights = embedder_variant(random_models[1], tmp_path / f"judge{bias}.safetensors",
+                                   non_face_head=[0.0] * 192 + [bias])
         return _detector_fn(str(random_models[0]), 640, 0.01, "onnx", judge=weights)(image)
 
     assert np.array_equal(judged_by(-1.0), plain)

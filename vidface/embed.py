@@ -118,7 +118,8 @@ CROP_NORMALISATIONS = (None, "luminance")
 
 def normalise_luminance(batch: np.ndarray) -> np.ndarray:
     """``uint8 (N, S, S, 3)`` crops -> ``float32`` crops whose grey levels (channel mean) have the mean and
-    spread of :data:`CROP_LUMINANCE`; colour ratios kept, clipped to 0-255."""
+    spread of :data:`CROP_LUMINANCE`: one shift and gain per crop for all three channels, so the
+    differences between channels scale with the contrast; clipped to 0-255."""
     pixels = batch.astype(np.float32)
     grey = pixels.mean(axis=3)
     mean = grey.mean(axis=(1, 2))[:, None, None, None]
