@@ -134,7 +134,7 @@ class CentreDetector:
         self.photo_settings_key = "centre"
         self.calls = 0
 
-    def __call__(self, images, closeups=None):
+    def __call__(self, images, closeups=None, min_score=None):
         self.calls += len(images)
         results = []
         for image in images:

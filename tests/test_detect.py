@@ -91,6 +91,27 @@ def test_close_up_pass_can_be_chosen_per_image(detector):
         detector([close_up, close_up, small], closeups=[True, False])
 
 
+class DimSquare(BrightSquareNetwork):
+    """Scores its square 0.3: under the detector's threshold (0.5)."""
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        out[:, 4] = 0.3
+        return out
+
+
+def test_min_score_adds_the_weak_detections_and_never_raises_the_threshold(detector):
+    image = square_image((100, 80, 300, 300))
+    detector.model = DimSquare()
+    assert detector([image])[0] == [] and detector([image], min_score=0.6)[0] == []
+    weak = detector([image], min_score=0.1)[0]
+    assert len(weak) == 1 and weak[0].score == pytest.approx(0.3)
+    detector.closeups = True  # both passes honour it
+    assert len(detector([image], min_score=0.1)[0]) == 1
+    detector.model = BrightSquareNetwork()
+    assert [f.score for f in detector([image], min_score=0.1)[0]] == [f.score for f in detector([image])[0]]
+
+
 def test_cache_key_changes_with_the_close_up_pass(detector):
     single = detector.settings_key
     detector.closeups = True

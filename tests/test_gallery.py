@@ -66,6 +66,19 @@ def test_cache_is_invalidated_when_a_model_changes(tmp_path, fake_stages):
     assert detector.calls == calls + 1
 
 
+def test_cache_is_invalidated_when_the_engine_computes_in_another_precision(tmp_path, fake_stages):
+    detector, embedder = fake_stages
+    write_photo(tmp_path / "g/Ann/1.jpg", (200, 30, 30))
+    build_gallery(tmp_path / "g", detector, embedder)
+    calls = detector.calls
+    embedder.backend = "openvino"  # f32 like the stand-ins: same answers, the cache holds
+    build_gallery(tmp_path / "g", detector, embedder)
+    assert detector.calls == calls
+    embedder.backend = "openvino-bf16"
+    build_gallery(tmp_path / "g", detector, embedder)
+    assert detector.calls == calls + 1
+
+
 def test_cache_file_holds_no_pickled_objects(tmp_path, fake_stages, monkeypatch):
     detector, embedder = fake_stages
     write_photo(tmp_path / "g/Ann/1.jpg", (200, 30, 30))

@@ -77,6 +77,20 @@ def test_openvino_reads_the_same_graph(random_models):
     assert cosine.min() > 0.99
 
 
+def test_openvino_keeps_its_compiled_networks_in_the_cache_and_loads_them_again(random_models):
+    pytest.importorskip("openvino", reason="OpenVINO is optional")
+    from vidface.embed import FaceEmbedder
+    from vidface.gallery import default_cache_dir
+
+    crops = list(np.random.default_rng(3).integers(0, 255, (2, 112, 112, 3), dtype=np.uint8))
+    first = FaceEmbedder(random_models[1], "cpu", backend="openvino")(crops)
+    blobs = sorted((default_cache_dir() / "openvino").glob("*"))
+    assert blobs, "the compiled network is kept"
+    again = FaceEmbedder(random_models[1], "cpu", backend="openvino")(crops)
+    assert sorted((default_cache_dir() / "openvino").glob("*")) == blobs  # loaded, not compiled again
+    assert np.array_equal(first, again)
+
+
 def test_a_cpu_engine_run_never_loads_pytorch(random_models, tmp_path):
     from vidface.pipeline import AnnotateSettings, Models
 
@@ -109,6 +123,18 @@ def test_auto_engine_is_pytorch_on_a_gpu_and_an_unknown_engine_is_bad_usage():
     assert resolve_backend("openvino-bf16", "cpu") == "openvino-bf16"
     with pytest.raises(UsageError):
         resolve_backend("tensorrt", "cpu")
+
+
+@pytest.mark.parametrize("has_bf16, expected", [(True, "openvino-bf16"), (False, "openvino")])
+def test_auto_takes_bf16_only_on_a_cpu_that_computes_it(monkeypatch, has_bf16, expected):
+    from vidface import onnx_runtime
+    from vidface.pipeline import resolve_backend
+
+    if not onnx_runtime.engine_available("openvino"):
+        pytest.skip("OpenVINO not installed")
+    monkeypatch.setattr(onnx_runtime, "_CPU_BF16", has_bf16)
+    assert resolve_backend("auto", "cpu") == expected
+    assert resolve_backend("openvino", "cpu") == "openvino"  # a named engine is taken as asked
 
 
 def test_batch_size_left_to_the_device_is_small_on_the_cpu(random_models):

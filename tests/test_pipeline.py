@@ -1,6 +1,7 @@
 """The annotate loop with stand-in detector and embedder: tracks, names, frame-skip, log schema."""
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -184,7 +185,7 @@ class RecordingDetector:
         self.weights_path, self.conf, self.calls = inner.weights_path, inner.conf, 0
         self.settings_key = self.photo_settings_key = f"recording-{height}"
 
-    def __call__(self, images, closeups=None):
+    def __call__(self, images, closeups=None, min_score=None):
         from vidface.structures import Detection
 
         self.flags += [closeups] * len(images) if isinstance(closeups, bool) else list(closeups)
@@ -249,3 +250,36 @@ def test_a_face_the_embedder_calls_no_face_is_neither_drawn_nor_logged(setup, tm
     assert tracks(-1.0) == annotate(video, gallery, None, tmp_path / "plain.json", settings, models).document["tracks"]
     assert tracks(1.0) == []
     assert [t["identity"] for t in tracks(1.0, min_height=10_000)] == ["Square"], "taller than any box: not judged"
+
+
+class DippingDetector:
+    """The stand-in's centre face, scoring 0.2 (under its threshold 0.5) on frames 8-10: what the
+    detector returns depends on the ``min_score`` it is asked for."""
+
+    def __init__(self, inner):
+        self.inner, self.weights_path, self.conf = inner, inner.weights_path, inner.conf
+        self.settings_key = self.photo_settings_key = "dipping"
+        self.frame, self.asked = 0, set()
+
+    def __call__(self, images, closeups=None, min_score=None):
+        found = self.inner(images, closeups)
+        self.asked.add(min_score)
+        least = self.conf if min_score is None else min_score
+        for faces in found:
+            faces[:] = [replace(f, score=0.2) if 8 <= self.frame <= 10 else f for f in faces]
+            faces[:] = [f for f in faces if f.score > least]
+            self.frame += 1
+        return found
+
+
+@pytest.mark.parametrize("track_conf, frames", [(0.1, list(range(20))), (0.5, list(range(8)) + list(range(11, 20)))])
+def test_a_named_face_the_detector_half_loses_stays_logged_down_to_track_conf(setup, tmp_path, track_conf, frames):
+    video, models, gallery = setup
+    detector = DippingDetector(models.detector)
+    settings = AnnotateSettings(match_threshold=0.99, batch_size=4, write_video=False, track_conf=track_conf)
+    result = annotate(video, gallery, None, tmp_path / "out.json", settings, Models(detector, models.embedder, "cpu"))
+    assert detector.asked == {track_conf}
+    tracks = result.document["tracks"]
+    assert [t["identity"] for t in tracks] == ["Square"]
+    assert [d["frame"] for d in tracks[0]["detections"]] == frames
+    assert {d["score"] for d in tracks[0]["detections"] if 8 <= d["frame"] <= 10} <= {0.2}

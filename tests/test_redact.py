@@ -16,7 +16,7 @@ class GappyDetector:
         self.inner, self.blind, self.calls = inner, set(blind_calls), 0
         self.weights_path, self.settings_key, self.conf = inner.weights_path, "gappy", 0.5
 
-    def __call__(self, images, closeups=None):
+    def __call__(self, images, closeups=None, min_score=None):
         results = []
         for image in images:
             results.append([] if self.calls in self.blind else self.inner([image])[0])

@@ -265,3 +265,45 @@ def test_the_non_face_rule_spares_small_faces_and_follows_the_tracks_own_mean():
     assert shown == [[], [], ["Ann"], ["Ann"]]  # mean 1.0, 0.75, -0.17: confirmed once its own faces say face
     off = Tracker(gallery(), threshold=0.5)  # no rule: every track is a face
     assert run(off, [[judged([100, 100, 200, 200], ANN, 9.0)] for _ in range(2)])[-1] == ["Ann"]
+
+
+def weak(box, score=0.2):
+    """A detection under the detector's threshold: never embedded."""
+    return Face(Detection(np.array(box, np.float32), score, None))
+
+
+def test_a_named_face_whose_score_dips_keeps_its_track_on_weak_detections():
+    tracker = Tracker(gallery(), threshold=0.5)
+    for index in range(5):
+        tracker.update(index, [face([100 + index, 100, 200 + index, 200], ANN)])
+    kept = tracker.update(5, [], [weak([105, 100, 205, 200]), weak([400, 400, 450, 450])])
+    assert [f.track_id for f in kept] == [1]  # the one where Ann's track predicts her; the other is dropped
+    assert tracker.describe(kept[0]).display_id == "Ann" and tracker.tracks[1].last_frame == 5
+    assert len(tracker.tracks) == 1  # a weak detection never starts a track
+    assert tracker.update(6, [face([106, 100, 206, 200], ANN)])[0].track_id == 1
+
+
+def test_weak_detections_continue_neither_unnamed_tracks_nor_a_track_for_long():
+    stranger = Tracker(gallery(), threshold=0.5)
+    for index in range(5):
+        stranger.update(index, [face([100, 100, 200, 200], STRANGER)])
+    assert stranger.update(5, [], [weak([100, 100, 200, 200])]) == []  # a hand or an ear the detector half-believes
+    settings = TrackerSettings(max_weak_passes=3)
+    named = Tracker(gallery(), threshold=0.5, settings=settings)
+    for index in range(5):
+        named.update(index, [face([100, 100, 200, 200], ANN)])
+    carried = [len(named.update(index, [], [weak([100, 100, 200, 200])])) for index in range(5, 10)]
+    assert carried == [1, 1, 1, 0, 0]  # then the track has to be found again with confidence
+    far = Tracker(gallery(), threshold=0.5)
+    for index in range(5):
+        far.update(index, [face([100, 100, 200, 200], ANN)])
+    assert far.update(5, [], [weak([150, 100, 250, 200])]) == []  # IoU 0.33 < weak_min_iou
+
+
+def test_a_confident_face_takes_the_track_before_a_weak_one():
+    tracker = Tracker(gallery(), threshold=0.5)
+    for index in range(5):
+        tracker.update(index, [face([100, 100, 200, 200], ANN)])
+    confident = face([102, 100, 202, 200], ANN)
+    shown = tracker.update(5, [confident], [weak([100, 100, 200, 200])])
+    assert shown == [confident] and tracker.tracks[1].weak_passes == 0

@@ -43,7 +43,7 @@ class SlowCentreDetector:
         self.inner, self.delay = inner, delay
         self.weights_path, self.settings_key, self.conf = inner.weights_path, "slow", 0.5
 
-    def __call__(self, images, closeups=None):
+    def __call__(self, images, closeups=None, min_score=None):
         import time
 
         time.sleep(self.delay)
@@ -86,9 +86,9 @@ def test_frame_skip_runs_detector_on_every_sixth_frame(tmp_path, settings, monke
     seen = []
     original = models.detector.__class__.__call__
 
-    def counting(self, images, closeups=None):
+    def counting(self, images, closeups=None, min_score=None):
         seen.append(len(images))
-        return original(self, images, closeups)
+        return original(self, images, closeups, min_score)
 
     monkeypatch.setattr(models.detector.__class__, "__call__", counting)
     source = make_video(tmp_path / "cam.mp4", frames=40, fps=30)

@@ -235,11 +235,11 @@ class FaceDetector:
             prediction = prediction[0] if isinstance(prediction, (list, tuple)) else prediction
             return prediction.float().cpu().numpy()
 
-    def _predict(self, images: list[np.ndarray], imgsz: int, fill: float) -> list[np.ndarray]:
-        """One pass: per image, NMS-ed rows ``(K, 6 + 15)`` (box, score, class, 5 × (x, y, visibility)),
-        best first, in the image's own pixel coordinates."""
+    def _predict(self, images: list[np.ndarray], imgsz: int, fill: float, min_score: float) -> list[np.ndarray]:
+        """One pass: per image, NMS-ed rows ``(K, 6 + 15)`` (box, score, class, 5 × (x, y, visibility))
+        scoring above ``min_score``, best first, in the image's own pixel coordinates."""
         batch, scales, offsets = self._letterbox(images, imgsz, fill)
-        kept = suppress(self._forward(batch), self.conf, self.iou, self.max_det)
+        kept = suppress(self._forward(batch), min_score, self.iou, self.max_det)
         results = []
         for rows, scale, (x, y) in zip(kept, scales, offsets):
             rows[:, [0, 2]] = (rows[:, [0, 2]] - x) / scale
@@ -253,16 +253,19 @@ class FaceDetector:
         """Both passes' rows for one image, best first, one box per face (see :func:`one_box_per_face`)."""
         return one_box_per_face(np.concatenate([first, second]), self.iou)[: self.max_det]
 
-    def __call__(self, images: list[np.ndarray], closeups: bool | Sequence[bool] | None = None
-                 ) -> list[list[Detection]]:
+    def __call__(self, images: list[np.ndarray], closeups: bool | Sequence[bool] | None = None,
+                 min_score: float | None = None) -> list[list[Detection]]:
         """Detections for each image of ``images`` (BGR ``uint8 (H, W, 3)``), best first.
 
         closeups: run the close-up pass for this call whatever the detector's own
         setting (photos: a portrait is a close-up), or one flag per image.
+        min_score: also return the detections scoring between this and :attr:`conf` (the tracker
+        continues its tracks on them, see :meth:`vidface.track.Tracker.update`); ``None``: ``conf``.
         """
         if not images:
             return []
-        passes = self._predict(images, self.imgsz, 1.0)
+        min_score = self.conf if min_score is None else min(min_score, self.conf)
+        passes = self._predict(images, self.imgsz, 1.0, min_score)
         if closeups is None:
             closeups = self.closeups
         flags = [bool(closeups)] * len(images) if isinstance(closeups, (bool, np.bool_)) else [bool(c) for c in closeups]
@@ -271,7 +274,7 @@ class FaceDetector:
         shrunk_for = [index for index, flag in enumerate(flags) if flag]
         shrunk = {}
         if shrunk_for:
-            found = self._predict([images[i] for i in shrunk_for], CLOSEUP_IMGSZ, CLOSEUP_FILL)
+            found = self._predict([images[i] for i in shrunk_for], CLOSEUP_IMGSZ, CLOSEUP_FILL, min_score)
             for index, rows in zip(shrunk_for, found):
                 shrunk[index] = rows[rows[:, 3] - rows[:, 1] >= CLOSEUP_MIN_HEIGHT * images[index].shape[0]]
         passes = [self._merge(rows, shrunk[index]) if index in shrunk else one_box_per_face(rows, self.iou)

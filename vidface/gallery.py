@@ -239,11 +239,14 @@ def scan_gallery(folder: Path, detector, embedder, cache_dir: Path | None = None
     folder = Path(folder)
     people = list_gallery(folder)
     from .embed import file_fingerprint
+    from .onnx_runtime import engine_precision
 
     model_key = "|".join([
         CACHE_VERSION,
         file_fingerprint(detector.weights_path), detector.photo_settings_key,
         embedder.fingerprint,
+        # bf16 moves boxes and embeddings a little: a gallery is embedded as the run embeds its faces
+        engine_precision(getattr(detector, "backend", "torch")), engine_precision(getattr(embedder, "backend", "torch")),
     ])
     cache_path = _cache_file(folder, cache_dir or default_cache_dir())
     cached = _read_cache(cache_path, model_key) if use_cache else {}

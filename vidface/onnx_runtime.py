@@ -25,7 +25,7 @@ from .files import write_atomically
 EXPORT_VERSION = "2"
 #: inference engines; all but ``torch`` run an exported ONNX graph on the CPU. ``openvino-bf16`` lets
 #: OpenVINO compute in bfloat16 (about twice as fast on CPUs with AVX-512 BF16 or AMX; a few detections
-#: near the score threshold come out differently, see ``OpenVinoRunner``)
+#: near the score threshold come out differently, see ``OpenVinoRunner``; ``--backend auto`` takes it on such CPUs)
 BACKENDS = ("torch", "onnx", "openvino", "openvino-bf16")
 #: the Python package each engine needs
 ENGINE_PACKAGES = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
@@ -38,10 +38,31 @@ def engine_available(name: str) -> bool:
     return importlib.util.find_spec(ENGINE_PACKAGES[name]) is not None
 
 
+def engine_precision(engine: str) -> str:
+    """The arithmetic an engine computes in: ``bf16`` or ``f32`` (the f32 engines give the same answers)."""
+    return "bf16" if engine == "openvino-bf16" else "f32"
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether OpenVINO can compute in bfloat16 on this CPU (AVX-512 BF16 or AMX); False without OpenVINO."""
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        try:
+            import openvino as ov
+
+            _CPU_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        except (ImportError, RuntimeError):
+            _CPU_BF16 = False
+    return _CPU_BF16
+
+
+_CPU_BF16: bool | None = None
+
+
 def runner_for(engine: str, graph: Path):
     """The CPU runner of ``graph`` for ``engine`` (any of :data:`BACKENDS` but ``torch``)."""
     if engine.startswith("openvino"):
-        return OpenVinoRunner(graph, precision="bf16" if engine == "openvino-bf16" else "f32")
+        return OpenVinoRunner(graph, precision=engine_precision(engine))
     return OnnxRunner(graph)
 
 
@@ -113,17 +134,23 @@ class OnnxRunner:
 class OpenVinoRunner:
     """An OpenVINO CPU model with :class:`OnnxRunner`'s interface (it reads the same ONNX graph).
 
-    precision: OpenVINO's inference precision; on CPUs with AVX-512 BF16 or AMX it
-    would otherwise pick bfloat16, which moved a few detections near the score
-    threshold (videofaceid found 99.7 -> 99.5 %); ``f32`` keeps PyTorch's answers.
+    precision: OpenVINO's inference precision, always set: on CPUs with AVX-512 BF16 or AMX
+    OpenVINO would pick bfloat16 by itself. ``f32`` keeps PyTorch's answers; ``bf16`` moves
+    scores by up to about 0.005 and boxes by a pixel or two (``--backend auto`` asks for it
+    where the CPU has it; the tracker's weak detections keep the faces near the threshold).
     """
 
     def __init__(self, graph: Path, threads: int | None = None, precision: str = "f32"):
         import openvino as ov
 
+        from .gallery import default_cache_dir
+
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": threads or default_threads(), "INFERENCE_PRECISION_HINT": precision}
-        self.compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
+        # compiled networks are kept beside the graphs (OpenVINO's own blobs, keyed by graph, settings and
+        # OpenVINO's version): later runs load them instead of compiling, which was most of their start-up
+        config = {"INFERENCE_NUM_THREADS": threads or default_threads(), "INFERENCE_PRECISION_HINT": precision,
+                  "CACHE_DIR": str(default_cache_dir() / "openvino")}
+        self.compiled = core.compile_model(str(graph), "CPU", config)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.compiled(np.ascontiguousarray(batch, dtype=np.float32))[0]

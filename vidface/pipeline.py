@@ -86,6 +86,11 @@ class AnnotateSettings:
     batch_size: int | None = None
     imgsz: int = 640
     det_conf: float | None = None
+    #: a weak detection, scoring from this up to ``det_conf``, may continue a confirmed track seen in the
+    #: previous detector pass where it predicts the face, never start one (ByteTrack's low-score
+    #: association, :meth:`vidface.track.Tracker.update`; ultralytics' ``track_low_thresh``); at or
+    #: above ``det_conf``: off
+    track_conf: float = 0.1
     match_threshold: float | None = None
     link_threshold: float | None = None
     frame_skip: int = 0
@@ -103,7 +108,7 @@ class AnnotateSettings:
     codec: str = "h264"
     #: inference engine (:data:`vidface.onnx_runtime.BACKENDS`): ``"torch"``, ``"onnx"`` (ONNX Runtime),
     #: ``"openvino"``, ``"openvino-bf16"`` (the last three CPU only), or
-    #: ``"auto"``: the first of :data:`AUTO_ENGINES` installed on the CPU, PyTorch on a GPU
+    #: ``"auto"``: the first of :data:`AUTO_ENGINES` this CPU runs, PyTorch on a GPU
     backend: str = "auto"
     #: cover faces in the output video: ``None``, ``"unknown"`` (everyone not named) or ``"all"``
     redact: str | None = None
@@ -135,14 +140,15 @@ class AnnotateSettings:
 
 
 def resolve_backend(name: str, device) -> str:
-    """``auto`` -> the fastest engine measured on a CPU (``vidface eval backends``) when installed; PyTorch
-    on a GPU or when neither is installed."""
-    from .onnx_runtime import BACKENDS, ENGINE_PACKAGES, engine_available
+    """``auto`` -> the fastest engine measured on a CPU (``vidface eval backends``, ``vidface bench``) that is
+    installed and that this CPU computes natively; PyTorch on a GPU or when none is installed."""
+    from .onnx_runtime import BACKENDS, ENGINE_PACKAGES, cpu_computes_bf16, engine_available
 
     if name == "auto":
         if str(device) != "cpu":
             return "torch"
-        return next((engine for engine in AUTO_ENGINES if engine_available(engine)), "torch")
+        return next((engine for engine in AUTO_ENGINES if engine_available(engine)
+                     and (engine != "openvino-bf16" or cpu_computes_bf16())), "torch")
     if name not in BACKENDS:
         raise UsageError(f"--backend {name!r}: choose auto, {', '.join(BACKENDS)}")
     if not engine_available(name):
@@ -150,8 +156,9 @@ def resolve_backend(name: str, device) -> str:
     return name
 
 
-#: CPU engines in the order ``--backend auto`` tries them (fastest first, as measured)
-AUTO_ENGINES = ("openvino", "onnx")
+#: CPU engines in the order ``--backend auto`` tries them (fastest first, as measured); bf16 only on CPUs
+#: that compute it (AVX-512 BF16, AMX), where it keeps every videofaceid, LFW and WIDER figure (README)
+AUTO_ENGINES = ("openvino-bf16", "openvino", "onnx")
 
 
 @dataclass
@@ -307,15 +314,18 @@ class FrameProcessor:
         self.times.track_draw += time.perf_counter() - started
         started = time.perf_counter()
         images = [frame.image for frame, _ in detected_frames]
-        detections = self.models.detector(images, closeups=closeups) if images else []
+        detections = (self.models.detector(images, closeups=closeups, min_score=self.settings.track_conf)
+                      if images else [])
         self.times.detect += time.perf_counter() - started
 
         started = time.perf_counter()
-        per_frame_faces, to_embed, crops = [], [], []
+        per_frame_faces, per_frame_weak, to_embed, crops = [], [], [], []
         cut_in_batch = False
         for passes_ahead, ((frame, cut), found) in enumerate(zip(detected_frames, detections), start=1):
             cut_in_batch = cut_in_batch or cut
-            faces = [Face(d) for d in found if min(d.width, d.height) >= self.settings.min_face]
+            sized = [d for d in found if min(d.width, d.height) >= self.settings.min_face]
+            faces = [Face(d) for d in sized if d.score > self.settings.det_conf]
+            per_frame_weak.append([Face(d) for d in sized if d.score <= self.settings.det_conf])
             if cut_in_batch or not faces:
                 needed = [True] * len(faces)
             else:
@@ -337,12 +347,12 @@ class FrameProcessor:
 
         started = time.perf_counter()
         results = []
-        detected_iter = iter(per_frame_faces)
+        detected_iter = iter(zip(per_frame_faces, per_frame_weak))
         for frame, wanted, cut in zip(frames, detect_mask, cut_flags):
             if cut:
                 self.tracker.cut()
             if wanted:
-                faces = self.tracker.update(frame.index, next(detected_iter))
+                faces = self.tracker.update(frame.index, *next(detected_iter))
                 self._last_detected = frame.index
             else:
                 faces = self.tracker.carry(frame.index, self._last_detected)

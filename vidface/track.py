@@ -74,6 +74,12 @@ class TrackerSettings:
     #: (:attr:`vidface.structures.Face.non_face`) is above 0 is not confirmed (a hand, an ear);
     #: ``None``: every track is taken for a face
     non_face_min_height: float | None = None
+    #: a weak detection (scoring under the detector's threshold, see :meth:`Tracker.update`) continues a
+    #: named track that no confident one took in this pass when it overlaps the track's predicted box
+    #: at least this much, and only after the track was seen in the previous pass
+    weak_min_iou: float = 0.5
+    #: detector passes in a row a track may be continued on weak detections alone
+    max_weak_passes: int = 5
 
 
 @dataclass
@@ -113,6 +119,8 @@ class Track:
     #: sum and count of the embedded faces' "not a face" logits
     non_face_sum: float = 0.0
     non_face_count: int = 0
+    #: detector passes in a row that continued this track on a weak detection
+    weak_passes: int = 0
     #: the last detections ``(frame, box)``, oldest first (bounded): what redaction interpolates between
     history: list[tuple[int, np.ndarray]] = field(default_factory=list)
 
@@ -174,8 +182,17 @@ class Tracker:
         self._own_name: dict[int, str] = {}
 
     # -- association -----------------------------------------------------------------
-    def update(self, frame_index: int, faces: list[Face]) -> list[Face]:
-        """Join this detected frame's faces to tracks; sets ``track_id`` on every face."""
+    def update(self, frame_index: int, faces: list[Face], weak_faces: list[Face] = ()) -> list[Face]:
+        """Join this detected frame's faces to tracks; sets ``track_id`` on every face.
+
+        ``weak_faces`` scored under the detector's threshold: each may only continue a track named after
+        a gallery person that none of ``faces`` took, never start one (ByteTrack's second association),
+        so a known face whose score dips for a few frames (motion blur, a turn, another inference
+        precision) stays on screen and in the log. Not unnamed tracks: on the videofaceid clips those
+        a weak detection would continue are mostly hands, ears and a dog's head the detector
+        half-believes, where a name already says "a face, and whose". Returns ``faces`` and the weak
+        faces that continued a track.
+        """
         self.passes += 1
         self.live = [t for t in self.live if self.passes - self.tracks[t].last_pass <= self.settings.max_missed_passes]
         candidates = [self.tracks[t] for t in self.live]
@@ -190,6 +207,10 @@ class Tracker:
         for face_index, face in enumerate(faces):
             if face_index not in used_faces:
                 self._start(frame_index, face)
+        for track_index in used_tracks:
+            candidates[track_index].weak_passes = 0
+        faces = faces + self._continue_on_weak(frame_index, [t for i, t in enumerate(candidates)
+                                                             if i not in used_tracks], weak_faces)
         for face in faces:
             track = self.tracks[face.track_id]
             if track.hits >= self.settings.min_hits and not self.unlike_a_face(track):
@@ -198,6 +219,30 @@ class Tracker:
             self._recent[track.track_id] = track
         self._recent = {i: t for i, t in self._recent.items() if t.last_frame >= frame_index - RECENT_FRAMES}
         return faces
+
+    def _continue_on_weak(self, frame_index: int, tracks: list[Track], weak_faces: list[Face]) -> list[Face]:
+        """The weak faces that continue one of ``tracks`` (those no confident face took this pass)."""
+        rules = self.settings
+        tracks = [t for t in tracks if t.confirmed and t.label is not None and t.last_pass == self.passes - 1
+                  and t.weak_passes < rules.max_weak_passes]
+        if not tracks or not weak_faces:
+            return []
+        iou = box_iou(np.stack([t.predicted_box(frame_index) for t in tracks]),
+                      np.stack([f.detection.box for f in weak_faces]))
+        kept, used_tracks, used_faces = [], set(), set()
+        for flat in np.argsort(-iou, axis=None):
+            track_index, face_index = np.unravel_index(flat, iou.shape)
+            if iou[track_index, face_index] < rules.weak_min_iou:
+                break
+            if track_index in used_tracks or face_index in used_faces:
+                continue
+            used_tracks.add(track_index)
+            used_faces.add(face_index)
+            track, face = tracks[track_index], weak_faces[face_index]
+            self._extend(track, frame_index, face)
+            track.weak_passes += 1
+            kept.append(face)
+        return kept
 
     def needs_embedding(self, frame_index: int, boxes: np.ndarray, passes_ahead: int = 1) -> np.ndarray:
         """``bool (N,)``: which of a frame's face ``boxes`` ``(N, 4)`` must be embedded.
