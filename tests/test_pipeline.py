@@ -63,6 +63,25 @@ def test_frame_skip_detects_every_n_plus_one_frames_and_carries_between(setup, t
     assert track["identity"] == "Square"
 
 
+def test_with_frame_skip_each_detector_batch_still_holds_batch_size_frames(setup, tmp_path):
+    from vidface.pipeline import MAX_FRAMES_PER_BATCH, frames_per_batch
+
+    video, models, gallery = setup
+    inner, sizes = models.detector, []
+
+    def recording(images, closeups=None, min_score=None):
+        sizes.append(len(images))
+        return inner(images, closeups, min_score)
+
+    detector = type("BatchRecorder", (), {"__call__": staticmethod(recording), "conf": inner.conf,
+                                          "weights_path": inner.weights_path})()
+    settings = AnnotateSettings(match_threshold=0.99, frame_skip=3, batch_size=2, write_video=False)
+    annotate(video, gallery, None, tmp_path / "out.json", settings, Models(detector, models.embedder, "cpu"))
+    assert sizes == [2, 2, 1]  # frames 0+4, 8+12, 16 of 20; not five lone frames
+    assert frames_per_batch(AnnotateSettings(batch_size=2, frame_skip=100)) == MAX_FRAMES_PER_BATCH
+    assert frames_per_batch(AnnotateSettings(batch_size=8)) == 8
+
+
 def test_embed_every_few_passes_embeds_fewer_faces_and_keeps_the_name(setup, tmp_path):
     video, models, gallery = setup
 
