@@ -191,6 +191,42 @@ def test_relational_loss_is_zero_only_when_student_shares_the_teachers_geometry(
     assert relational_loss(unrelated, teacher).item() > 0.05
 
 
+def test_a_colour_cast_tints_the_channels_apart():
+    crop = np.full((112, 112, 3), 120, np.uint8)
+    still = dict(flip_p=0, jitter_p=0, blur_p=0, jpeg_p=0, occlusion_p=0, affine_p=0)
+    assert np.array_equal(augment(crop, EmbedderTrainConfig(**still), random.Random(0)), crop)
+    tinted = [augment(crop, EmbedderTrainConfig(colour_cast_p=1.0, **still), random.Random(seed)) for seed in range(5)]
+    for image in tinted:
+        means = image.reshape(-1, 3).mean(axis=0)
+        assert np.ptp(means) > 1 and (np.abs(means - 120) <= 0.25 * 120 + 1).all()
+
+
+def test_a_run_trains_on_crops_normalised_as_the_runtime_normalises_them_and_ships_the_setting(tmp_path):
+    import cv2
+
+    from vidface.embed import EmbedderConfig, crops_to_batch
+    from vidface.research.train.embedder import FaceCropDataset, embedder_config_for
+
+    rng = np.random.default_rng(4)
+    lit = rng.integers(60, 200, (112, 112, 3), dtype=np.uint8)
+    dark = (lit * 0.35).astype(np.uint8)
+    paths = [tmp_path / "lit.png", tmp_path / "dark.png"]
+    cv2.imwrite(str(paths[0]), lit)
+    cv2.imwrite(str(paths[1]), dark)
+    still = dict(flip_p=0, jitter_p=0, blur_p=0, jpeg_p=0, occlusion_p=0, affine_p=0)
+    config = EmbedderTrainConfig(crop_normalisation="luminance", **still)
+    embed_config = embedder_config_for(config)
+    assert embed_config.crop_normalisation == "luminance"
+    dataset = FaceCropDataset(paths, [0, 0], np.zeros((2, 4), np.float32), config, embed_config)
+    (lit_tensor, _, _), (dark_tensor, _, _) = dataset[0], dataset[1]
+    assert (lit_tensor - dark_tensor).abs().mean() < 0.05  # the network sees both on the same terms
+    torch.testing.assert_close(lit_tensor, torch.from_numpy(crops_to_batch([lit], embed_config)[0]))
+    plain = FaceCropDataset(paths, [0, 0], np.zeros((2, 4), np.float32), EmbedderTrainConfig(**still), EmbedderConfig())
+    assert (plain[0][0] - plain[1][0]).abs().mean() > 0.5
+    with pytest.raises(ValueError, match="crop_normalisation"):
+        embedder_config_for(EmbedderTrainConfig(crop_normalisation="clahe"))
+
+
 def test_preloaded_crops_give_the_same_samples_as_reading_files(tmp_path):
     import cv2
 
@@ -272,7 +308,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDFACE_DATA", str(root))
     config = EmbedderTrainConfig(labelled_sets=["faces/people"], unlabelled_sets=[], teacher_cache=str(teacher),
                                  epochs=2, batch_size=3, eval_every=0, workers=0, threads=1, warmup_epochs=0.5,
-                                 arcface_weight=1.0, preload=True, channels_last=True)
+                                 arcface_weight=1.0, preload=True, channels_last=True, crop_normalisation="luminance")
     run = tmp_path / "run"
 
     class Killed(Exception):
@@ -293,7 +329,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert lines[0] == f"resumed from {run / 'last.ckpt'} at epoch 1"
     assert [json.loads(line)["epoch"] for line in lines if line.startswith("{")] == [2], "only the missing epoch"
     assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 2
-    assert (run / "embedder.safetensors").exists() and json.loads((run / "embedder.json").read_text())["centre"]
+    shipped = json.loads((run / "embedder.json").read_text())
+    assert (run / "embedder.safetensors").exists() and shipped["centre"]
+    assert shipped["crop_normalisation"] == "luminance", "the runtime prepares crops as the run trained on them"
 
     from dataclasses import replace
 

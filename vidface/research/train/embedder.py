@@ -57,6 +57,13 @@ class EmbedderTrainConfig:
     jpeg_p: float = 0.3
     occlusion_p: float = 0.25
     affine_p: float = 0.5
+    #: probability of a colour cast: each channel scaled by its own gain in ``1 ± colour_cast`` (a tinted
+    #: film, a white balance gone wrong); what luminance normalisation cannot undo, so the network learns it
+    colour_cast_p: float = 0.0
+    colour_cast: float = 0.25
+    #: the crops' normalisation before the network (:attr:`vidface.embed.EmbedderConfig.crop_normalisation`):
+    #: trained as it runs, and written into the shipped JSON; ``None`` (runs before 2026-12-03): crops as they come
+    crop_normalisation: str | None = None
     workers: int = 1
     threads: int = 0
     #: decode every crop once into memory (about 38 kB a crop) instead of reading JPEGs each epoch
@@ -132,6 +139,9 @@ def augment(crop: np.ndarray, config: EmbedderTrainConfig, rng: random.Random) -
         image = image * rng.uniform(0.6, 1.4) + rng.uniform(-30, 30)
         grey = image.mean(axis=2, keepdims=True)
         image = grey + (image - grey) * rng.uniform(0.5, 1.5)
+    if rng.random() < config.colour_cast_p:
+        image = image * np.array([rng.uniform(1 - config.colour_cast, 1 + config.colour_cast) for _ in range(3)],
+                                 np.float32)
     image = np.clip(image, 0, 255).astype(np.uint8)
     if rng.random() < config.blur_p:
         image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.8))
@@ -167,6 +177,16 @@ class FaceCropDataset(torch.utils.data.Dataset):
         crop = augment(self.crop(index), self.config, random.Random())
         tensor = crops_to_tensor([crop], self.embed_config)[0]
         return tensor, self.labels[index], torch.from_numpy(self.teacher[index])
+
+
+def embedder_config_for(config: EmbedderTrainConfig) -> EmbedderConfig:
+    """The runtime config a run trains under and ships (architecture and the crops' preparation)."""
+    from ...embed import CROP_NORMALISATIONS
+
+    if config.crop_normalisation not in CROP_NORMALISATIONS:
+        raise ValueError(f"crop_normalisation {config.crop_normalisation!r}: choose one of {CROP_NORMALISATIONS}")
+    return EmbedderConfig(embedding_size=config.embedding_size, dropout=config.dropout,
+                          crop_normalisation=config.crop_normalisation)
 
 
 def load_crops(paths: list[Path], size: int) -> np.ndarray:
@@ -454,7 +474,7 @@ def train_embedder(config: EmbedderTrainConfig, run_dir: Path, device: str = "cp
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
     paths, labels, teacher, classes = gather_training_data(config)
-    embed_config = EmbedderConfig(embedding_size=config.embedding_size, dropout=config.dropout)
+    embed_config = embedder_config_for(config)
     dataset = FaceCropDataset(paths, labels, teacher, config, embed_config)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                                          num_workers=config.workers, persistent_workers=config.workers > 0)
@@ -554,7 +574,7 @@ def measure_step_speed(config: EmbedderTrainConfig, crops: np.ndarray, teacher: 
     """
     from dataclasses import replace
 
-    embed_config = EmbedderConfig(embedding_size=config.embedding_size, dropout=config.dropout)
+    embed_config = embedder_config_for(config)
     generator = np.random.default_rng(config.seed)
     batches = [generator.choice(len(crops), config.batch_size, replace=False) for _ in range(warmup + steps)]
     torch.manual_seed(config.seed)
