@@ -192,3 +192,13 @@ def test_stored_threshold_becomes_the_default_match_threshold(random_models, tmp
     assert logged["match_threshold"] == 0.37 and logged["det_conf"] == models.detector.conf
     with pytest.raises(ValueError):
         update_embedder_config(weights, match_treshold=0.3)
+
+
+def test_peer_ratios_are_medians_over_pairs_of_runs():
+    from vidface.research.evaluation.peers import ProcessCost, median_ratios
+
+    def pair(peer_wall, our_wall):
+        return [ProcessCost("insightface", peer_wall, 2.0, 200.0, {}), ProcessCost("vidface", our_wall, 1.0, 400.0, {})]
+
+    ratios = median_ratios([pair(4.0, 3.0), pair(3.0, 3.0), pair(5.0, 2.0)])  # 0.75, 1.0, 0.4
+    assert ratios == {"wall_s": 0.75, "cpu_s": 0.5, "peak_mb": 2.0}

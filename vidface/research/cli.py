@@ -660,6 +660,8 @@ def eval_peers(
     every: int = typer.Option(5, "--every", min=1, help="detect on every N-th frame (vidface: --frame-skip N-1)"),
     backend: str = BackendOption,
     embed_every: Optional[int] = EmbedEveryOption,
+    repeat: int = typer.Option(1, "--repeat", min=1,
+                               help="run the pair this many times, one after the other; the ratios are medians"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
     """Equal work against insightface, each in its own process: wall time, CPU time, peak memory
@@ -668,27 +670,32 @@ def eval_peers(
     from dataclasses import asdict
 
     from .datasets import data_root, require
-    from .evaluation.peers import compare_with_insightface
+    from .evaluation.peers import compare_with_insightface, median_ratios
 
     scrfd = require(data_root() / "models" / "scrfd_500m_bnkps.onnx", "SCRFD-500M model")
     extra = ("--backend", backend) + (() if embed_every is None else ("--embed-every", str(embed_every)))
     with tempfile.TemporaryDirectory() as scratch:
-        rows = compare_with_insightface(video, gallery, peer_python, scrfd, Path(scratch), every, extra_args=extra)
-    peer, ours = rows
+        pairs = [compare_with_insightface(video, gallery, peer_python, scrfd, Path(scratch), every, extra_args=extra)
+                 for _ in range(repeat)]
     embedded = "every face" if embed_every == 1 else f"tracked faces every {embed_every or 'default'} passes"
     table = Table(title=f"{video.name}: detection on every {every}th frame; insightface embeds every face, "
                         f"vidface {embedded}")
     for column in ("run", "wall s", "CPU s", "peak MiB", "frames", "faces"):
         table.add_column(column)
-    for row in rows:
-        table.add_row(row.name, f"{row.wall_s:.2f}", f"{row.cpu_s:.2f}", f"{row.peak_mb:.0f}",
-                      str(row.detail.get("frames", "")), str(row.detail.get("faces", "")))
+    for number, rows in enumerate(pairs, start=1):
+        for row in rows:
+            table.add_row(row.name if repeat == 1 else f"{row.name} #{number}", f"{row.wall_s:.2f}", f"{row.cpu_s:.2f}",
+                          f"{row.peak_mb:.0f}", str(row.detail.get("frames", "")), str(row.detail.get("faces", "")))
     out.print(table)
-    out.print(f"vidface / insightface: wall {ours.wall_s / peer.wall_s:.2f}x, CPU {ours.cpu_s / peer.cpu_s:.2f}x, "
-              f"memory {ours.peak_mb / peer.peak_mb:.2f}x")
+    ratios = median_ratios(pairs)
+    walls = [ours.wall_s / peer.wall_s for peer, ours in pairs]
+    spread = "" if repeat == 1 else f" (median of {repeat}; wall {min(walls):.2f}-{max(walls):.2f}x)"
+    out.print(f"vidface / insightface: wall {ratios['wall_s']:.2f}x, CPU {ratios['cpu_s']:.2f}x, "
+              f"memory {ratios['peak_mb']:.2f}x{spread}")
     if json_out:
         write_json_atomic({"video": str(video), "every": every, "embed_every": embed_every,
-                           "rows": [asdict(r) for r in rows]}, json_out)
+                           "rows": [asdict(r) for rows in pairs for r in rows],
+                           "median_ratios": {k: round(v, 4) for k, v in ratios.items()}}, json_out)
 
 
 @eval_app.command("backends")

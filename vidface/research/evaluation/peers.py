@@ -150,6 +150,16 @@ def mobilefacenet_graph(path: Path) -> Path:
     return path
 
 
+def median_ratios(pairs: list[list["ProcessCost"]]) -> dict[str, float]:
+    """vidface over insightface for wall time, CPU time and peak memory: the median over ``[peer, ours]``
+    pairs of runs (one machine's load moves both by a lot from run to run; the median of pairs taken
+    one after the other is what a claim can rest on)."""
+    import statistics
+
+    return {measure: statistics.median(getattr(ours, measure) / getattr(peer, measure) for peer, ours in pairs)
+            for measure in ("wall_s", "cpu_s", "peak_mb")}
+
+
 def compare_with_insightface(video: Path, gallery: Path, peer_python: str, scrfd: Path, work: Path,
                              every: int = 5, extra_args: tuple[str, ...] = ()) -> list[ProcessCost]:
     """insightface, then vidface, each on every ``every``-th frame of ``video`` (see the module docstring)."""
