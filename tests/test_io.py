@@ -148,3 +148,19 @@ def test_cv2_fallback_when_pyav_cannot_open(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="pyav refuses"):
         (tmp_path / "junk.mp4").write_bytes(b"junk" * 100)
         probe_video(tmp_path / "junk.mp4")
+
+
+def test_a_file_is_probed_once_until_it_changes(tmp_path, monkeypatch):
+    import os
+
+    from vidface import io
+
+    path = make_video(tmp_path / "v.mp4", frames=6, fps=10)
+    opened = []
+    real = io._probe_pyav
+    monkeypatch.setattr(io, "_probe_pyav", lambda p: opened.append(p) or real(p))
+    first, again = probe_video(path), probe_video(path)
+    assert again == first and len(opened) == 1
+    make_video(tmp_path / "other.mp4", frames=9, fps=10).replace(path)  # the same name, another video
+    os.utime(path, ns=(1, 1))
+    assert probe_video(path).frames == 9 and len(opened) == 2

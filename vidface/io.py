@@ -13,6 +13,7 @@ final name, so a killed run never leaves a half-written output.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import os
 import queue
@@ -32,7 +33,7 @@ from .structures import Frame
 _END = object()
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoInfo:
     """What is known of a video before decoding it.
 
@@ -75,6 +76,14 @@ def probe_video(path: Path) -> VideoInfo:
     """
     path = Path(path)
     _check_file(path)
+    stat = path.stat()
+    # one run probes its input up to three times (the CLI's check, the run, the reader): once per file version
+    return _probe_file(str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _probe_file(path_text: str, _mtime_ns: int, _size: int, _inode: int) -> VideoInfo:
+    path = Path(path_text)
     try:
         return _probe_pyav(path)
     except _StillImage as error:
