@@ -135,3 +135,22 @@ def test_the_non_face_filter_drops_only_the_faces_its_head_judges(random_models,
 
     with pytest.raises(typer.BadParameter, match="no face/non-face head"):
         _detector_fn(str(random_models[0]), 640, 0.01, "onnx", judge=random_models[1])
+
+
+def test_the_evaluated_detector_runs_its_close_up_pass_when_asked(random_models, monkeypatch):
+    import vidface.detect
+    from vidface.research.cli import _detector_fn
+
+    made = []
+
+    class Recorder:
+        def __init__(self, *args, closeups=False, **kwargs):
+            made.append(closeups)
+
+        def __call__(self, images, closeups=None):
+            return [[] for _ in images]
+
+    monkeypatch.setattr(vidface.detect, "FaceDetector", Recorder)
+    for closeups in (False, True):
+        _detector_fn(str(random_models[0]), 640, 0.01, "onnx", closeups=closeups)
+    assert made == [False, True]

@@ -315,9 +315,11 @@ def embedder_centre_command(
     out.print(f"centre stored in {weights.with_suffix('.json')}: norm {float(np.linalg.norm(centre)):.3f}")
 
 
-def _detector_fn(model: str, imgsz: int, conf: float, backend: str = "torch", judge: Path | None = None):
+def _detector_fn(model: str, imgsz: int, conf: float, backend: str = "torch", judge: Path | None = None,
+                 closeups: bool = False):
     """``image -> (P, 5)`` for our weights (a path) or a teacher name; ``judge``: an embedder whose
-    face/non-face head drops the faces it judges (each detection on its own: a photo has no tracks)."""
+    face/non-face head drops the faces it judges (each detection on its own: a photo has no tracks);
+    ``closeups``: our detector with its close-up pass, as the pipeline runs it on video frames."""
     if model in TEACHERS:
         teacher = _teacher(model, conf, yunet_upscale=1.0, scrfd_size=imgsz)
 
@@ -330,7 +332,8 @@ def _detector_fn(model: str, imgsz: int, conf: float, backend: str = "torch", ju
     from ..pipeline import resolve_backend
 
     backend = resolve_backend(backend, "cpu")
-    detector = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=conf, max_det=1000, backend=backend)
+    detector = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=conf, max_det=1000, backend=backend,
+                            closeups=closeups)
     embedder = None
     if judge is not None:
         from ..embed import FaceEmbedder
@@ -370,6 +373,8 @@ def eval_widerface(
     operating_score: Optional[float] = typer.Option(
         None, "--operating-score", metavar="SCORE", help="report false positives per image and recall at this score  "
         "[default: our detector's calibrated det_conf; none for a teacher]"),
+    closeups: bool = typer.Option(False, "--closeups/--no-closeups",
+                                  help="our detector with its close-up pass, as annotate runs it (default: one pass)"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
     """Official WIDER FACE protocol on val-eval: AP for easy, medium and hard."""
@@ -382,7 +387,8 @@ def eval_widerface(
 
         operating_score = float(read_detector_metadata(Path(model))["det_conf"])
     bar = tqdm(unit="img", desc=f"WIDER val-eval {Path(model).name}")
-    report = evaluate_detector(_detector_fn(model, imgsz, conf, backend, judge), limit=limit, operating_score=operating_score,
+    report = evaluate_detector(_detector_fn(model, imgsz, conf, backend, judge, closeups), limit=limit,
+                               operating_score=operating_score,
                                progress=lambda done, total: (setattr(bar, "total", total), bar.update(1)))
     bar.close()
     table = Table(title=f"WIDER FACE val-eval ({report.images} images, imgsz {imgsz}): {model}")
@@ -391,7 +397,7 @@ def eval_widerface(
     table.add_row(*[f"{ap:.3f}" for ap in report.ap.values()])
     out.print(table)
     result = {"model": model, "imgsz": imgsz, "backend": backend, "images": report.images, "ap": report.ap,
-              "non_face_filter": None if judge is None else str(judge)}
+              "non_face_filter": None if judge is None else str(judge), "closeups": closeups}
     if report.operating is not None:
         from dataclasses import asdict
 
