@@ -86,7 +86,7 @@ class AnnotateSettings:
     batch_size: int | None = None
     imgsz: int = 640
     det_conf: float | None = None
-    #: a weak detection, scoring from this up to ``det_conf``, may continue a confirmed track seen in the
+    #: a weak detection, scoring from this up to ``det_conf``, may continue a named track seen in the
     #: previous detector pass where it predicts the face, never start one (ByteTrack's low-score
     #: association, :meth:`vidface.track.Tracker.update`; ultralytics' ``track_low_thresh``); at or
     #: above ``det_conf``: off
