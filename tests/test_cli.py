@@ -47,12 +47,16 @@ def test_annotate_writes_video_and_log_beside_input(tmp_path, capsys, models_arg
     assert log["schema"] == 1
     assert log["input"]["frames"] == 12 and log["input"]["width"] == 160
     assert set(log) >= {"vidface_version", "input", "gallery", "settings", "tracks"}
-    assert log["settings"]["imgsz"] == 64
+    assert log["settings"]["imgsz"] == 64 and log["settings"]["track_conf"] == 0.1
     output = av.open(str(tmp_path / "clip.vidface.mp4"))
     assert output.streams.video[0].frames == 12 and output.streams.audio
     assert float(output.streams.video[0].average_rate) == pytest.approx(10)
     assert video.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "clip.vidface.json", "clip.vidface.mp4"]
+    code, _, err = run_cli(capsys, "annotate", video, *models_args, "--no-video", "--track-conf", "0.3",
+                           "--log", tmp_path / "strict.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "strict.json").read_text())["settings"]["track_conf"] == 0.3
 
 
 def test_no_video_writes_only_the_log(tmp_path, capsys, models_args):
@@ -266,6 +270,7 @@ def test_help_reads_well():
 
     assert re.search(r"--match-threshold COSINE.*default: \d\.\d{3}", " ".join(annotate.split()))
     assert re.search(r"--det-conf SCORE.*default: \d\.\d{3}", " ".join(annotate.split()))
+    assert re.search(r"--track-conf SCORE.*default: 0\.1", " ".join(annotate.split()))
     import typer
 
     from vidface.cli import app

@@ -24,7 +24,7 @@ from .cli_options import (BackendOption, BatchSizeOption, CloseupEveryOption, Cl
                           DetConfOption, DetectorOption, DeviceOption, EmbedEveryOption, EmbedderOption, FlipOption,
                           FrameSkipOption, GalleryOption, ImgszOption, JsonOption,
                           MatchThresholdOption, OverwriteOption, QuietOption, RedactOption, RedactStyleOption,
-                          ReportOption, SubtitlesOption, check_redaction)
+                          ReportOption, SubtitlesOption, TrackConfOption, check_redaction)
 from .errors import InputError, UsageError, VidfaceError
 from .research.cli import data_app, eval_app, train_app
 
@@ -145,6 +145,7 @@ def annotate(
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
     det_conf: Optional[float] = DetConfOption,
+    track_conf: Optional[float] = TrackConfOption,
     match_threshold: Optional[float] = MatchThresholdOption,
     frame_skip: int = FrameSkipOption,
     embed_every: Optional[int] = EmbedEveryOption,
@@ -173,7 +174,7 @@ def annotate(
         raise UsageError(f"--codec {codec!r}: choose from {', '.join(CODECS)}")
     check_redaction(redact, redact_style)
     settings = _settings(device=device, backend=backend, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
-                         closeups=closeups, flip_embed=flip_embed, codec=codec, redact=redact,
+                         track_conf=track_conf, closeups=closeups, flip_embed=flip_embed, codec=codec, redact=redact,
                          redact_style=redact_style, subtitles=subtitles, report=report,
                          match_threshold=match_threshold, frame_skip=frame_skip, embed_every=embed_every,
                          closeup_every=closeup_every, write_video=not no_video,
@@ -481,6 +482,7 @@ def webcam(
     embed_every: Optional[int] = EmbedEveryOption,
     closeup_every: Optional[int] = CloseupEveryOption,
     det_conf: Optional[float] = DetConfOption,
+    track_conf: Optional[float] = TrackConfOption,
     match_threshold: Optional[float] = MatchThresholdOption,
     imgsz: int = ImgszOption,
     closeups: bool = CloseupsOption,
@@ -507,7 +509,8 @@ def webcam(
     check_redaction(redact, redact_style)
     origin = parse_source(camera, source)
     settings = _settings(device=device, backend=backend, frame_skip=frame_skip, embed_every=embed_every,
-                         closeup_every=closeup_every, det_conf=det_conf, match_threshold=match_threshold,
+                         closeup_every=closeup_every, det_conf=det_conf, track_conf=track_conf,
+                         match_threshold=match_threshold,
                          imgsz=imgsz, closeups=closeups, flip_embed=flip_embed, codec=codec, detector=detector,
                          embedder=embedder, redact=redact, redact_style=redact_style)
     models = Models.load(settings)
@@ -544,6 +547,7 @@ def batch(
     closeups: bool = CloseupsOption,
     flip_embed: bool = FlipOption,
     det_conf: Optional[float] = DetConfOption,
+    track_conf: Optional[float] = TrackConfOption,
     match_threshold: Optional[float] = MatchThresholdOption,
     frame_skip: int = FrameSkipOption,
     embed_every: Optional[int] = EmbedEveryOption,
@@ -566,7 +570,7 @@ def batch(
 
     check_redaction(redact, redact_style)
     settings = _settings(device=device, backend=backend, batch_size=batch_size, imgsz=imgsz, det_conf=det_conf,
-                         closeups=closeups, flip_embed=flip_embed, codec=codec, redact=redact,
+                         track_conf=track_conf, closeups=closeups, flip_embed=flip_embed, codec=codec, redact=redact,
                          redact_style=redact_style, subtitles=subtitles, report=report,
                          match_threshold=match_threshold, frame_skip=frame_skip, embed_every=embed_every,
                          closeup_every=closeup_every, write_video=not no_video,

@@ -50,6 +50,9 @@ CloseupsOption = typer.Option(True, "--closeups/--no-closeups",
                               help="also look for faces that fill much of the frame (a second, small detector pass)")
 DetConfOption = typer.Option(None, "--det-conf", min=0.0, max=1.0, metavar="SCORE",
                              help=f"minimum face score  [default: {stored_det_conf()}, calibrated for the detector]")
+TrackConfOption = typer.Option(None, "--track-conf", min=0.0, max=1.0, metavar="SCORE",
+                               help="a weaker detection, down to this score, continues a named face's track where "
+                                    "it is predicted (never starts one); --det-conf or above: off  [default: 0.1]")
 MatchThresholdOption = typer.Option(
     None, "--match-threshold", min=-1.0, max=1.0, metavar="COSINE",
     help=f"similarity a face needs to be named  [default: {stored_match_threshold()}, calibrated for the embedder]")

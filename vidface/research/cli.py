@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..cli_options import (BackendOption, CloseupEveryOption, CloseupsOption, DetConfOption, DetectorOption,
                            DeviceOption, EmbedEveryOption, EmbedderOption, FlipOption, FrameSkipOption, ImgszOption,
-                           MatchThresholdOption)
+                           MatchThresholdOption, TrackConfOption)
 from ..errors import DataError, GalleryError
 from ..files import write_json_atomic
 
@@ -470,6 +470,7 @@ def eval_videofaceid(
     embedder: Optional[Path] = EmbedderOption,
     device: str = DeviceOption,
     det_conf: Optional[float] = DetConfOption,
+    track_conf: Optional[float] = TrackConfOption,
     match_threshold: Optional[float] = MatchThresholdOption,
     frame_skip: int = FrameSkipOption,
     embed_every: Optional[int] = EmbedEveryOption,
@@ -485,7 +486,7 @@ def eval_videofaceid(
     from ..pipeline import AnnotateSettings
 
     values = {k: v for k, v in dict(detector=detector, embedder=embedder, embed_every=embed_every,
-                                    closeup_every=closeup_every).items() if v is not None}
+                                    closeup_every=closeup_every, track_conf=track_conf).items() if v is not None}
     settings = AnnotateSettings(device=device, det_conf=det_conf, match_threshold=match_threshold,
                                 frame_skip=frame_skip, imgsz=imgsz, closeups=closeups, flip_embed=flip_embed,
                                 backend=backend, write_video=False, **values)
