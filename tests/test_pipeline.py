@@ -64,7 +64,7 @@ def test_frame_skip_detects_every_n_plus_one_frames_and_carries_between(setup, t
 
 
 def test_with_frame_skip_each_detector_batch_still_holds_batch_size_frames(setup, tmp_path):
-    from vidface.pipeline import MAX_FRAMES_PER_BATCH, frames_per_batch
+    from vidface.pipeline import MAX_BATCH_BYTES, MAX_FRAMES_PER_BATCH, frames_per_batch
 
     video, models, gallery = setup
     inner, sizes = models.detector, []
@@ -80,6 +80,9 @@ def test_with_frame_skip_each_detector_batch_still_holds_batch_size_frames(setup
     assert sizes == [2, 2, 1]  # frames 0+4, 8+12, 16 of 20; not five lone frames
     assert frames_per_batch(AnnotateSettings(batch_size=2, frame_skip=100)) == MAX_FRAMES_PER_BATCH
     assert frames_per_batch(AnnotateSettings(batch_size=8)) == 8
+    uhd = 3840 * 2160 * 3  # 24.9 MB a decoded frame: memory, not the frame count, bounds the batch
+    assert frames_per_batch(AnnotateSettings(batch_size=2, frame_skip=100), uhd) == 10
+    assert frames_per_batch(AnnotateSettings(batch_size=2, frame_skip=100), 10 * MAX_BATCH_BYTES) == 2
 
 
 def test_embed_every_few_passes_embeds_fewer_faces_and_keeps_the_name(setup, tmp_path):

@@ -570,15 +570,18 @@ def read_people_embeddings(path: Path) -> dict[str, PersonEmbedding]:
         return {}
 
 
-#: the most frames one processing batch holds (decoded frames wait in memory until their batch is processed)
+#: the most frames, and decoded bytes, one processing batch holds (its frames wait in memory until it is processed)
 MAX_FRAMES_PER_BATCH = 32
+MAX_BATCH_BYTES = 256 * 2**20
 
 
-def frames_per_batch(settings: AnnotateSettings) -> int:
-    """Frames read per processing batch of a file: enough for ``batch_size`` detector passes when
-    ``frame_skip`` leaves frames out (a lone frame uses two CPU cores far worse than two: 36 against
-    23 ms a frame on the 2-core CPU of 2026-12-03), at most :data:`MAX_FRAMES_PER_BATCH`."""
-    return max(settings.batch_size, min(MAX_FRAMES_PER_BATCH, settings.batch_size * (settings.frame_skip + 1)))
+def frames_per_batch(settings: AnnotateSettings, frame_bytes: int = 0) -> int:
+    """Frames read per processing batch of a file whose decoded frames take ``frame_bytes`` each: enough
+    for ``batch_size`` detector passes when ``frame_skip`` leaves frames out (a lone frame uses two CPU
+    cores far worse than two: 36 against 23 ms a frame on the 2-core CPU of 2026-12-03), within
+    :data:`MAX_FRAMES_PER_BATCH` and :data:`MAX_BATCH_BYTES`, never fewer than ``batch_size``."""
+    most = min(MAX_FRAMES_PER_BATCH, MAX_BATCH_BYTES // frame_bytes if frame_bytes > 0 else MAX_FRAMES_PER_BATCH)
+    return max(settings.batch_size, min(most, settings.batch_size * (settings.frame_skip + 1)))
 
 
 def lookahead_frames(settings: AnnotateSettings) -> int:
@@ -642,8 +645,8 @@ def annotate(
         if progress:
             progress(done, info.frames)
 
-    chunk = frames_per_batch(settings)
-    reader = VideoReader(input_path, queue_size=max(8, 2 * chunk))
+    chunk = frames_per_batch(settings, info.width * info.height * 3)
+    reader = VideoReader(input_path, queue_size=max(8, 2 * settings.batch_size))
     try:
         frames_done = run_frames(reader, processor, sinks, chunk, lookahead=lookahead_frames(settings),
                                  on_batch=on_batch)
