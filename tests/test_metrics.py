@@ -202,3 +202,15 @@ def test_peer_ratios_are_medians_over_pairs_of_runs():
 
     ratios = median_ratios([pair(4.0, 3.0), pair(3.0, 3.0), pair(5.0, 2.0)])  # 0.75, 1.0, 0.4
     assert ratios == {"wall_s": 0.75, "cpu_s": 0.5, "peak_mb": 2.0}
+
+
+def test_greedy_matches_pair_the_best_overlaps_first_each_box_once():
+    from vidface.structures import greedy_matches
+
+    overlap = np.array([[0.9, 0.8, 0.0],
+                        [0.85, 0.2, 0.0],
+                        [0.0, 0.0, 0.25]])
+    # (0, 0) first; row 1 then can only take column 1 (0.2, under 0.3); row 2's 0.25 is under 0.3 too
+    assert greedy_matches(overlap, 0.3) == [(0, 0)]
+    assert greedy_matches(overlap, 0.1) == [(0, 0), (2, 2), (1, 1)]
+    assert greedy_matches(np.zeros((0, 3)), 0.3) == []

@@ -580,7 +580,7 @@ def frames_per_batch(settings: AnnotateSettings, frame_bytes: int = 0) -> int:
     for ``batch_size`` detector passes when ``frame_skip`` leaves frames out (a lone frame uses two CPU
     cores far worse than two: 36 against 23 ms a frame on the 2-core CPU of 2026-12-03), within
     :data:`MAX_FRAMES_PER_BATCH` and :data:`MAX_BATCH_BYTES`, never fewer than ``batch_size``."""
-    most = min(MAX_FRAMES_PER_BATCH, MAX_BATCH_BYTES // frame_bytes if frame_bytes > 0 else MAX_FRAMES_PER_BATCH)
+    most = MAX_FRAMES_PER_BATCH if frame_bytes <= 0 else min(MAX_FRAMES_PER_BATCH, MAX_BATCH_BYTES // frame_bytes)
     return max(settings.batch_size, min(most, settings.batch_size * (settings.frame_skip + 1)))
 
 

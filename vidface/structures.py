@@ -116,3 +116,19 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
     union = area_a[:, None] + area_b[None, :] - intersection
     return np.where(union > 0, intersection / np.maximum(union, 1e-12), 0.0)
+
+
+def greedy_matches(overlap: np.ndarray, least: float) -> list[tuple[int, int]]:
+    """One-to-one ``(row, column)`` pairs of an ``(N, M)`` overlap matrix (e.g. :func:`box_iou`), best pair
+    first, each row and column used once, none under ``least``."""
+    pairs, used_rows, used_columns = [], set(), set()
+    for flat in np.argsort(-overlap, axis=None):
+        row, column = np.unravel_index(flat, overlap.shape)
+        if overlap[row, column] < least:
+            break
+        if row in used_rows or column in used_columns:
+            continue
+        used_rows.add(row)
+        used_columns.add(column)
+        pairs.append((int(row), int(column)))
+    return pairs

@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .structures import box_iou
-from .structures import Detection, Face
+from .structures import Detection, Face, box_iou, greedy_matches
 
 
 #: detections a track remembers for redaction's interpolation
@@ -229,15 +228,8 @@ class Tracker:
             return []
         iou = box_iou(np.stack([t.predicted_box(frame_index) for t in tracks]),
                       np.stack([f.detection.box for f in weak_faces]))
-        kept, used_tracks, used_faces = [], set(), set()
-        for flat in np.argsort(-iou, axis=None):
-            track_index, face_index = np.unravel_index(flat, iou.shape)
-            if iou[track_index, face_index] < rules.weak_min_iou:
-                break
-            if track_index in used_tracks or face_index in used_faces:
-                continue
-            used_tracks.add(track_index)
-            used_faces.add(face_index)
+        kept = []
+        for track_index, face_index in greedy_matches(iou, rules.weak_min_iou):
             track, face = tracks[track_index], weak_faces[face_index]
             self._extend(track, frame_index, face)
             track.weak_passes += 1

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...structures import box_iou
+from ...structures import box_iou, greedy_matches
 from ..datasets import data_root, require
 
 UNKNOWN = "Unknown"
@@ -53,15 +53,9 @@ def score_clip(truth: dict[int, list], document: dict) -> dict:
             counts["boxes_without_truth"] += len(predicted)
             continue
         iou = box_iou(np.stack([b for _, b in faces]), np.stack([b for _, b in predicted]))
-        used_truth, used_ours = set(), set()
-        for flat in np.argsort(-iou, axis=None):
-            t, p = np.unravel_index(flat, iou.shape)
-            if iou[t, p] < MIN_IOU:
-                break
-            if t in used_truth or p in used_ours:
-                continue
-            used_truth.add(t)
-            used_ours.add(p)
+        matches = greedy_matches(iou, MIN_IOU)
+        used_ours = {p for _, p in matches}
+        for t, p in matches:
             truth_name, our_name = faces[t][0], predicted[p][0]
             counts["found"] += 1
             counts["named_wrong"] += our_name is not None and our_name != truth_name

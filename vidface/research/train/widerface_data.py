@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ...structures import box_iou
+from ...structures import box_iou, greedy_matches
 from ..datasets import WiderImage, data_root, read_wider_gt, read_yolo_labelled
 
 #: Keypoint order flipped left<->right under a horizontal flip.
@@ -63,18 +63,9 @@ def label_image(image: np.ndarray, record: WiderImage, teacher, min_face: float,
     visible = np.zeros(len(boxes), bool)
     taught = teacher(image)
     if len(boxes) and len(taught.boxes):
-        iou = box_iou(boxes, taught.boxes)
-        teacher_used = np.zeros(len(taught.boxes), bool)
-        # Greedy one-to-one matching, best pairs first.
-        for flat in np.argsort(-iou, axis=None):
-            truth_index, teacher_index = np.unravel_index(flat, iou.shape)
-            if iou[truth_index, teacher_index] < match_iou:
-                break
-            if visible[truth_index] or teacher_used[teacher_index]:
-                continue
+        for truth_index, teacher_index in greedy_matches(box_iou(boxes, taught.boxes), match_iou):
             landmarks[truth_index] = taught.landmarks[teacher_index]
             visible[truth_index] = True
-            teacher_used[teacher_index] = True
     if extra_score is None or len(taught.boxes) == 0:
         return PoseLabel(boxes, landmarks, visible)
     unlabelled = np.ones(len(taught.boxes), bool)
