@@ -77,6 +77,14 @@ def test_cache_is_invalidated_when_the_engine_computes_in_another_precision(tmp_
     embedder.backend = "openvino-bf16"
     build_gallery(tmp_path / "g", detector, embedder)
     assert detector.calls == calls + 1
+    embedder.backend = "openvino-int8"  # its embedder computes in f32: the bf16 cache is replaced, then holds
+    build_gallery(tmp_path / "g", detector, embedder)
+    assert detector.calls == calls + 2
+    build_gallery(tmp_path / "g", detector, embedder)
+    assert detector.calls == calls + 2
+    detector.backend = "openvino-int8"  # its detector computes in int8
+    build_gallery(tmp_path / "g", detector, embedder)
+    assert detector.calls == calls + 3
 
 
 def test_cache_file_holds_no_pickled_objects(tmp_path, fake_stages, monkeypatch):

@@ -125,16 +125,20 @@ def test_auto_engine_is_pytorch_on_a_gpu_and_an_unknown_engine_is_bad_usage():
         resolve_backend("tensorrt", "cpu")
 
 
-@pytest.mark.parametrize("has_bf16, expected", [(True, "openvino-bf16"), (False, "openvino")])
-def test_auto_takes_bf16_only_on_a_cpu_that_computes_it(monkeypatch, has_bf16, expected):
+@pytest.mark.parametrize("has_bf16, shipped_detector, expected", [
+    (True, True, "openvino-bf16"), (False, True, "openvino-int8"), (False, False, "openvino")])
+def test_auto_takes_bf16_on_a_cpu_that_computes_it_else_int8_where_the_detector_has_it(
+        monkeypatch, random_models, shipped_weights, has_bf16, shipped_detector, expected):
     from vidface import onnx_runtime
     from vidface.pipeline import resolve_backend
 
     if not onnx_runtime.engine_available("openvino"):
         pytest.skip("OpenVINO not installed")
     monkeypatch.setattr(onnx_runtime, "_CPU_BF16", has_bf16)
-    assert resolve_backend("auto", "cpu") == expected
-    assert resolve_backend("openvino", "cpu") == "openvino"  # a named engine is taken as asked
+    detector = shipped_weights[0] if shipped_detector else random_models[0]  # random weights: no int8 network
+    assert resolve_backend("auto", "cpu", detector) == expected
+    assert resolve_backend("auto", "cpu") == ("openvino-bf16" if has_bf16 else "openvino"), "no detector named"
+    assert resolve_backend("openvino", "cpu", detector) == "openvino"  # a named engine is taken as asked
 
 
 def test_batch_size_left_to_the_device_is_small_on_the_cpu(random_models):
@@ -153,7 +157,7 @@ def test_int8_keeps_scores_beside_pixel_coordinates(tmp_path):
     import torch
 
     from vidface.onnx_runtime import OnnxRunner
-    from vidface.research.evaluation.backends import quantised_graph
+    from vidface.research.train.quantise import quantised_graph
 
     class Head(torch.nn.Module):
         def __init__(self):
@@ -171,8 +175,8 @@ def test_int8_keeps_scores_beside_pixel_coordinates(tmp_path):
                       dynamic_axes={"input": {0: "batch"}}, opset_version=17, dynamo=False)
     rng = np.random.default_rng(0)
     batches = [rng.random((1, 3, 16, 16), dtype=np.float32) for _ in range(8)]
-    quantised = quantised_graph(graph, batches, "head")
-    assert quantised.name == "head-head-int8.onnx" and quantised.exists()
+    quantised = quantised_graph(graph, batches, tmp_path / "head-int8.onnx")
+    assert quantised == tmp_path / "head-int8.onnx" and quantised.exists()
     probe = rng.random((4, 3, 16, 16), dtype=np.float32)
     exact, approximate = OnnxRunner(graph)(probe), OnnxRunner(quantised)(probe)
     assert np.abs(approximate[:, 2:] - exact[:, 2:]).max() < 0.05

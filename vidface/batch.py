@@ -312,8 +312,10 @@ def run_batch(inputs: list[str], out_dir: Path, gallery_folder: Path | None, set
             "gallery": gallery_identity(gallery),
             "detector": file_fingerprint(models.detector.weights_path),
             "embedder": models.embedder.fingerprint,
-            "settings": {k: v for k, v in settings.resolved(models).for_log().items()
-                         if k not in ("detector", "embedder", "device")},
+            # the engine as asked, not as ``auto`` resolved it on this machine: like the device, moving the
+            # folder to a machine with another CPU does not make finished work stale
+            "settings": {**{k: v for k, v in settings.resolved(models).for_log().items()
+                            if k not in ("detector", "embedder", "device")}, "backend": settings.backend},
         }
 
         def plan(item: BatchItem) -> Job | None:

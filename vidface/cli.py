@@ -219,15 +219,17 @@ def annotate(
 def gallery_build(
     folder: Path = typer.Argument(..., metavar="DIR", help="gallery folder"),
     device: str = DeviceOption,
+    backend: str = BackendOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
-    """Embed every gallery photo now (cached; later runs reuse it), and name photos unlike their person's others."""
+    """Embed every gallery photo now (cached; later runs on the same engine reuse it), and name photos unlike
+    their person's others."""
     from .gallery import list_gallery
     from .pipeline import Models
 
     list_gallery(folder)
-    models = Models.load(_settings(device=device, detector=detector, embedder=embedder))
+    models = Models.load(_settings(device=device, backend=backend, detector=detector, embedder=embedder))
     gallery = _load_gallery(folder, models)
     out.print(f"gallery {folder}: {len(gallery.names)} people, {len(gallery.embeddings)} usable photos, "
               f"{len(gallery.problems)} skipped", markup=False, highlight=False)
@@ -237,6 +239,7 @@ def gallery_build(
 def gallery_show(
     folder: Path = typer.Argument(..., metavar="DIR", help="gallery folder"),
     device: str = DeviceOption,
+    backend: str = BackendOption,
     detector: Optional[Path] = DetectorOption,
     embedder: Optional[Path] = EmbedderOption,
 ) -> None:
@@ -246,7 +249,7 @@ def gallery_show(
     from .pipeline import Models
 
     list_gallery(folder)
-    models = Models.load(_settings(device=device, detector=detector, embedder=embedder))
+    models = Models.load(_settings(device=device, backend=backend, detector=detector, embedder=embedder))
     photos, vectors = scan_gallery(folder, models.detector, models.embedder)
     unlike = {photo.path: best for photo, best in unlike_their_person(photos, vectors, _photo_check_threshold(models))}
     table = Table(title=f"gallery {folder}")
@@ -459,7 +462,7 @@ def bench(
         return
     table = Table(title=f"vidface bench: {input.name}, {report['width']}x{report['height']}, {report['frames']} frames, "
                         f"{report['faces_per_frame']:.2f} faces/frame, device {report['device']}, "
-                        f"{report['threads']} threads")
+                        f"engine {report['settings']['backend']}, {report['threads']} threads")
     for column in ("stage", "seconds", "frames/s"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for row in report["stages"]:

@@ -5,7 +5,9 @@ The network is ultralytics' ``PoseModel``; vidface stores it as safetensors
 pickled code. Prediction is our own batched letterbox -> forward -> NMS ->
 un-letterbox loop, so many video frames go through the GPU at once. With
 ``backend`` ``onnx`` or ``openvino`` the network is an ONNX graph exported once
-from the weights, and detection runs without PyTorch or ultralytics.
+from the weights, and detection runs without PyTorch or ultralytics; with
+``openvino-int8`` it is the int8 graph shipped beside the weights (made from
+them by ``vidface train quantise-detector``, see :func:`quantised_graph_for`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ CLOSEUP_MIN_HEIGHT = 0.2
 #: A photo darker than this (mean grey level, 0-255) in which nothing is found is looked at again with
 #: its contrast equalised; chosen on WIDER training images (5.9 % of them are darker; see detect_photo)
 PHOTO_DARK_LEVEL = 60
+#: the int8 network of ``weights/NAME.safetensors`` is ``weights/NAME{INT8_SUFFIX}.xml`` and ``.bin``
+#: (OpenVINO's model format: a graph and its tensors, no code), with a ``.json`` beside them naming the
+#: fingerprint of the weights it was quantised from
+INT8_SUFFIX = "-int8"
 
 
 def save_detector(model, path: Path, imgsz: int = 640, extra: dict | None = None) -> Path:
@@ -149,7 +155,19 @@ class FaceDetector:
         self.backend = backend
         # self.graph: the ONNX file the CPU engines run (None with PyTorch)
         self._onnx, self.model, self.graph = None, None, None
-        if backend != "torch":
+        if backend == "openvino-int8":
+            from .onnx_runtime import OpenVinoRunner
+
+            if str(device) != "cpu":
+                raise ModelError(f"--backend {backend} runs on the CPU; use --device cpu (or --backend torch on a GPU)")
+            self.graph = quantised_graph_for(self.weights_path)
+            if self.graph is None:
+                raise ModelError(f"no int8 graph made from {self.weights_path} (make it with `vidface train "
+                                 f"quantise-detector {self.weights_path}`, or choose another --backend)")
+            # the layers left float (box decoding) stay f32: OpenVINO's bf16 would round pixel coordinates
+            self._onnx = OpenVinoRunner(self.graph)
+            self.device, self.half = "cpu", False
+        elif backend != "torch":
             from .embed import file_fingerprint
             from .onnx_runtime import graph_runner
 
@@ -371,6 +389,22 @@ def export_checkpoint(checkpoint: Path, destination: Path, imgsz: int = 640, ext
     if getattr(model, "kpt_shape", None) != [5, 3] and tuple(getattr(model, "kpt_shape", ())) != (5, 3):
         raise ModelError(f"{checkpoint} is not a 5-landmark face model (kpt_shape {getattr(model, 'kpt_shape', None)})")
     return save_detector(model.float(), destination, imgsz=imgsz, extra=extra)
+
+
+def quantised_graph_for(weights: Path) -> Path | None:
+    """The int8 network quantised from exactly these detector weights (``NAME-int8.xml`` and ``.bin``
+    beside them, the ``.json`` naming their fingerprint), or ``None``: none there, or made from other
+    weights (new weights need ``vidface train quantise-detector`` again)."""
+    weights = Path(weights)
+    graph = weights.with_name(weights.stem + INT8_SUFFIX + ".xml")
+    try:
+        source = json.loads(graph.with_suffix(".json").read_text()).get("source_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    from .embed import file_fingerprint
+
+    complete = graph.is_file() and graph.with_suffix(".bin").is_file() and weights.is_file()
+    return graph if complete and source == file_fingerprint(weights) else None
 
 
 def update_detector_metadata(path: Path, **values) -> Path:

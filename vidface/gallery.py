@@ -245,8 +245,8 @@ def scan_gallery(folder: Path, detector, embedder, cache_dir: Path | None = None
         CACHE_VERSION,
         file_fingerprint(detector.weights_path), detector.photo_settings_key,
         embedder.fingerprint,
-        # bf16 moves boxes and embeddings a little: a gallery is embedded as the run embeds its faces
-        engine_precision(getattr(detector, "backend", "torch")),
+        # bf16 and int8 move boxes and embeddings a little: a gallery is embedded as the run embeds its faces
+        engine_precision(getattr(detector, "backend", "torch"), detector=True),
         engine_precision(getattr(embedder, "backend", "torch")),
     ])
     cache_path = _cache_file(folder, cache_dir or default_cache_dir())

@@ -25,10 +25,13 @@ from .files import write_atomically
 EXPORT_VERSION = "2"
 #: inference engines; all but ``torch`` run an exported ONNX graph on the CPU. ``openvino-bf16`` lets
 #: OpenVINO compute in bfloat16 (about twice as fast on CPUs with AVX-512 BF16 or AMX; a few detections
-#: near the score threshold come out differently, see ``OpenVinoRunner``; ``--backend auto`` takes it on such CPUs)
-BACKENDS = ("torch", "onnx", "openvino", "openvino-bf16")
+#: near the score threshold come out differently, see ``OpenVinoRunner``; ``--backend auto`` takes it on such CPUs).
+#: ``openvino-int8`` runs the detector's int8 graph shipped beside its weights (1.2-1.5 times the f32
+#: network speed on CPUs without BF16; :func:`vidface.detect.quantised_graph_for`) and the embedder in f32
+BACKENDS = ("torch", "onnx", "openvino", "openvino-bf16", "openvino-int8")
 #: the Python package each engine needs
-ENGINE_PACKAGES = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
+ENGINE_PACKAGES = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino",
+                   "openvino-int8": "openvino"}
 
 
 def engine_available(name: str) -> bool:
@@ -38,9 +41,12 @@ def engine_available(name: str) -> bool:
     return importlib.util.find_spec(ENGINE_PACKAGES[name]) is not None
 
 
-def engine_precision(engine: str) -> str:
-    """The arithmetic an engine computes in: ``bf16`` or ``f32`` (the f32 engines give the same answers)."""
-    return "bf16" if engine == "openvino-bf16" else "f32"
+def engine_precision(engine: str, detector: bool = False) -> str:
+    """The arithmetic an engine computes in: ``bf16``, ``int8`` (``openvino-int8``'s detector; its
+    embedder computes in f32) or ``f32`` (the f32 engines give the same answers)."""
+    if engine == "openvino-bf16":
+        return "bf16"
+    return "int8" if detector and engine == "openvino-int8" else "f32"
 
 
 def cpu_computes_bf16() -> bool:

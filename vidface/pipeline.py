@@ -107,7 +107,7 @@ class AnnotateSettings:
     #: video encoder, a key of :data:`vidface.io.CODECS`
     codec: str = "h264"
     #: inference engine (:data:`vidface.onnx_runtime.BACKENDS`): ``"torch"``, ``"onnx"`` (ONNX Runtime),
-    #: ``"openvino"``, ``"openvino-bf16"`` (the last three CPU only), or
+    #: ``"openvino"``, ``"openvino-bf16"``, ``"openvino-int8"`` (the last four CPU only), or
     #: ``"auto"``: the first of :data:`AUTO_ENGINES` this CPU runs, PyTorch on a GPU
     backend: str = "auto"
     #: cover faces in the output video: ``None``, ``"unknown"`` (everyone not named) or ``"all"``
@@ -123,14 +123,15 @@ class AnnotateSettings:
 
     def resolved(self, models: "Models") -> "AnnotateSettings":
         """These settings with what was left to the models filled in: the one place where a run's
-        ``det_conf``, ``match_threshold``, ``link_threshold`` and ``batch_size`` are decided; every stage
-        reads them from here."""
+        ``det_conf``, ``match_threshold``, ``link_threshold``, ``batch_size`` and the engine ``auto`` chose
+        (``backend``) are decided; every stage reads them from here."""
         batch_size = self.batch_size or (GPU_BATCH_SIZE if models.device.startswith("cuda") else CPU_BATCH_SIZE)
         link = self.link_threshold
         if link is None:
             link = getattr(getattr(models.embedder, "config", None), "link_threshold", None)
         return replace(self, det_conf=float(models.detector.conf), match_threshold=models.threshold(self),
-                       link_threshold=link, batch_size=batch_size)
+                       link_threshold=link, batch_size=batch_size,
+                       backend=getattr(models.detector, "backend", self.backend))
 
     def for_log(self) -> dict:
         """The settings as JSON values (call on :meth:`resolved` settings: the thresholds as run)."""
@@ -139,16 +140,26 @@ class AnnotateSettings:
         return values
 
 
-def resolve_backend(name: str, device) -> str:
+def resolve_backend(name: str, device, detector: Path | None = None) -> str:
     """``auto`` -> the fastest engine measured on a CPU (``vidface eval backends``, ``vidface bench``) that is
-    installed and that this CPU computes natively; PyTorch on a GPU or when none is installed."""
+    installed, that this CPU computes natively and, for ``openvino-int8``, that has an int8 graph made
+    from the ``detector`` weights; PyTorch on a GPU or when none is installed."""
+    from .detect import quantised_graph_for
     from .onnx_runtime import BACKENDS, ENGINE_PACKAGES, cpu_computes_bf16, engine_available
+
+    def runs_here(engine: str) -> bool:
+        if not engine_available(engine):
+            return False
+        if engine == "openvino-bf16":
+            return cpu_computes_bf16()
+        if engine == "openvino-int8":
+            return detector is not None and quantised_graph_for(detector) is not None
+        return True
 
     if name == "auto":
         if str(device) != "cpu":
             return "torch"
-        return next((engine for engine in AUTO_ENGINES if engine_available(engine)
-                     and (engine != "openvino-bf16" or cpu_computes_bf16())), "torch")
+        return next((engine for engine in AUTO_ENGINES if runs_here(engine)), "torch")
     if name not in BACKENDS:
         raise UsageError(f"--backend {name!r}: choose auto, {', '.join(BACKENDS)}")
     if not engine_available(name):
@@ -157,8 +168,9 @@ def resolve_backend(name: str, device) -> str:
 
 
 #: CPU engines in the order ``--backend auto`` tries them (fastest first, as measured); bf16 only on CPUs
-#: that compute it (AVX-512 BF16, AMX), where it keeps every videofaceid, LFW and WIDER figure (README)
-AUTO_ENGINES = ("openvino-bf16", "openvino", "onnx")
+#: that compute it (AVX-512 BF16, AMX), where it keeps every videofaceid, LFW and WIDER figure, then the
+#: int8 detector where its graph matches the detector weights (README, "Speed")
+AUTO_ENGINES = ("openvino-bf16", "openvino-int8", "openvino", "onnx")
 
 
 @dataclass
@@ -175,7 +187,7 @@ class Models:
         from .embed import FaceEmbedder
 
         device = resolve_device(settings.device)
-        backend = resolve_backend(settings.backend, device)
+        backend = resolve_backend(settings.backend, device, Path(settings.detector))
         detector = FaceDetector(Path(settings.detector), device, imgsz=settings.imgsz, conf=settings.det_conf,
                                 closeups=settings.closeups, backend=backend)
         embedder = FaceEmbedder(Path(settings.embedder), device, flip=settings.flip_embed, backend=backend)

@@ -211,6 +211,27 @@ def calibrate_detector_command(
               f"{result.precision:.3f}, recall {result.recall:.3f} ({result.faces} faces in {result.images} images)")
 
 
+@train_app.command("quantise-detector")
+def quantise_detector_command(
+    weights: Path = typer.Argument(Path("weights/yolov8n-face.safetensors"), help="detector .safetensors"),
+    images: int = typer.Option(200, "--images", min=1, help="WIDER training images to calibrate on"),
+    destination: Optional[Path] = typer.Option(None, "--to", help="the int8 network's .xml (its .bin and .json beside "
+                                               "it) [default: WEIGHTS-int8.xml beside the weights]"),
+    imgsz: int = typer.Option(640, "--imgsz"),
+) -> None:
+    """The detector's int8 network for ``--backend openvino-int8`` (and ``auto`` on CPUs without BF16),
+    calibrated on WIDER training images (a seeded sample of train-subset, never val-eval). Run it last,
+    after calibrate-detector: the graph is used only with the exact weights it was made from."""
+    from .datasets import data_root, require
+    from .train.quantise import quantise_detector
+
+    pool = sorted(require(data_root() / "widerface" / "train-subset" / "images", "WIDER train-subset").glob("*.jpg"))
+    chosen = np.random.default_rng(0).choice(len(pool), min(images, len(pool)), replace=False)
+    graph, record = quantise_detector(weights, [pool[i] for i in sorted(chosen)], destination, imgsz=imgsz)
+    out.print(f"int8 network: {graph} ({graph.with_suffix('.bin').stat().st_size / 1e6:.1f} MB), calibrated on "
+              f"{record['calibration']['images']} WIDER training images in {record['minutes']:.1f} min")
+
+
 @train_app.command("embedder")
 def train_embedder_command(
     config: Path = typer.Option(Path("configs/embedder-cpu.json"), "--config"),
@@ -331,7 +352,7 @@ def _detector_fn(model: str, imgsz: int, conf: float, backend: str = "torch", ju
     from ..detect import FaceDetector
     from ..pipeline import resolve_backend
 
-    backend = resolve_backend(backend, "cpu")
+    backend = resolve_backend(backend, "cpu", Path(model))
     detector = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=conf, max_det=1000, backend=backend,
                             closeups=closeups)
     embedder = None

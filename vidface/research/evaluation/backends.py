@@ -4,8 +4,9 @@ The same frames of a clip go through the detector and the same face crops
 through the embedder under each engine: PyTorch eager, ONNX Runtime fp32,
 ONNX Runtime int8 (static quantisation, calibrated on training images:
 WIDER training images for the detector, training face crops for the
-embedder; never on evaluation data) and OpenVINO (f32, bf16, and int8 on
-those same quantised graphs) when it is installed.
+embedder; never on evaluation data) and OpenVINO (f32, bf16, int8 on those
+same quantised graphs, and ``openvino-int8``: the detector's shipped int8
+network with the f32 embedder) when it is installed.
 Speed is frames (or crops) per second after a warm-up; agreement is against
 PyTorch: the share of its faces found again (IoU >= 0.5) and the cosine of
 each embedding to PyTorch's. A benchmark: run it on an idle machine.
@@ -30,40 +31,6 @@ class EngineRow:
     faces_agree: float | None
     embedding_cosine_min: float | None
     note: str = ""
-
-
-class _Calibration:
-    """ONNX Runtime's calibration reader over a list of ready input arrays."""
-
-    def __init__(self, batches: list[np.ndarray]):
-        self._batches = iter(batches)
-
-    def get_next(self):
-        batch = next(self._batches, None)
-        return None if batch is None else {"input": batch}
-
-
-#: the layers int8 pays for; the rest (the detector's box decoding, its concatenation of pixel
-#: coordinates with 0-1 scores under one scale) stays float: quantising every node found no face
-QUANTISED_OPS = ("Conv", "MatMul", "Gemm")
-
-
-def quantised_graph(graph: Path, batches: list[np.ndarray], name: str) -> Path:
-    """Static int8 (QDQ, per-channel weights) version of ``graph``'s convolutions and matrix products,
-    calibrated on ``batches``; the detector's distribution-focal decoding (``dfl``) stays float."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = graph.with_name(f"{graph.stem}-{name}-prepared.onnx")
-    output = graph.with_name(f"{graph.stem}-{name}-int8.onnx")
-    if not output.exists():
-        quant_pre_process(str(graph), str(prepared), skip_symbolic_shape=True)
-        decoding = [node.name for node in onnx.load(str(prepared)).graph.node if "/dfl/" in node.name]
-        quantize_static(str(prepared), str(output), _Calibration(batches), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(QUANTISED_OPS), nodes_to_exclude=decoding)
-    return output
 
 
 def _frames(video: Path, count: int) -> list[np.ndarray]:
@@ -144,13 +111,15 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
     if calibration_images and calibration_crops is not None:
         import cv2
 
-        detector_batches = [torch_detector._letterbox([cv2.imread(str(p))], settings.imgsz)[0].astype(np.float32) / 255
-                            for p in calibration_images]
+        from ..train.quantise import detector_calibration_batches, quantised_graph
+
+        detector_batches = detector_calibration_batches(torch_detector, [cv2.imread(str(p)) for p in calibration_images])
         embedder_batches = [crops_to_batch(calibration_crops[i : i + 32], torch_embedder.config)
                             for i in range(0, len(calibration_crops), 32)]
-        int8_graphs = (quantised_graph(detector_graph, detector_batches, "detector"),
-                       quantised_graph(embedder_graph, embedder_batches, "embedder"))
-        int8_note = f"calibrated on {len(detector_batches)} WIDER training images, {len(calibration_crops)} crops"
+        int8_graphs = tuple(quantised_graph(graph, batches, graph.with_name(f"{graph.stem}-{name}-int8.onnx"))
+                            for graph, batches, name in ((detector_graph, detector_batches, "detector"),
+                                                         (embedder_graph, embedder_batches, "embedder")))
+        int8_note = f"calibrated on {len(calibration_images)} WIDER training images, {len(calibration_crops)} crops"
         check("onnxruntime int8 (static)", OnnxRunner(int8_graphs[0]), OnnxRunner(int8_graphs[1]), note=int8_note)
     import importlib.util
 
@@ -163,4 +132,10 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
         if int8_graphs is not None:  # OpenVINO runs a QDQ graph's convolutions in int8 (VNNI where the CPU has it)
             check("openvino int8 (the same QDQ graphs)", OpenVinoRunner(int8_graphs[0]), OpenVinoRunner(int8_graphs[1]),
                   note=int8_note)
+        from ...detect import quantised_graph_for
+
+        shipped = quantised_graph_for(settings.detector)
+        if shipped is not None:
+            check("openvino-int8 (shipped NNCF detector, f32 embedder)", OpenVinoRunner(shipped),
+                  OpenVinoRunner(embedder_graph), note="--backend openvino-int8")
     return rows

@@ -168,8 +168,11 @@ def compare_with_insightface(video: Path, gallery: Path, peer_python: str, scrfd
     script.write_text(PEER_SCRIPT)
     peer = measure("insightface (SCRFD-500M + MobileFaceNet, onnxruntime)",
                    [peer_python, str(script), str(video), str(scrfd), str(recogniser), str(every)])
-    subprocess.run([sys.executable, "-m", "vidface", "gallery", "build", str(gallery)],
-                   check=True, capture_output=True)  # both sides start from ready models: the gallery is cached
+    engine = list(extra_args[extra_args.index("--backend"):][:2]) if "--backend" in extra_args else []
+    # both sides start from ready models: the gallery is cached, for the engine the run uses (its cache is
+    # per precision; built for another, the measured run would embed the gallery again)
+    subprocess.run([sys.executable, "-m", "vidface", "gallery", "build", str(gallery), *engine],
+                   check=True, capture_output=True)
     log = work / "vidface-run.json"
     ours = measure("vidface annotate --no-video", [sys.executable, "-m", "vidface", "annotate", str(video), "--gallery",
                                                    str(gallery), "--frame-skip", str(every - 1), "--no-video", "--log",
