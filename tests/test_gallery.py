@@ -82,7 +82,7 @@ def test_cache_is_invalidated_when_the_engine_computes_in_another_precision(tmp_
     assert detector.calls == calls + 2
     build_gallery(tmp_path / "g", detector, embedder)
     assert detector.calls == calls + 2
-    detector.backend = "openvino-int8"  # its detector computes in int8
+    detector.backend = "openvino-int8"  # a stand-in detector computing in int8 (vidface's own looks at photos in f32)
     build_gallery(tmp_path / "g", detector, embedder)
     assert detector.calls == calls + 3
 

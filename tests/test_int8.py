@@ -113,3 +113,31 @@ def test_quantise_detector_makes_a_network_for_exactly_these_weights(random_mode
     assert int8._forward(canvas).shape == exact._forward(canvas).shape
     update_detector_metadata(weights, det_conf=0.4)
     assert quantised_graph_for(weights) is None, "weights changed after quantising"
+
+
+def test_photos_are_looked_at_in_f32_so_int8_and_f32_runs_share_a_gallery(shipped_weights, tmp_path, monkeypatch):
+    from vidface.detect import FaceDetector, photo_detector
+    from vidface.embed import FaceEmbedder
+    from vidface.gallery import build_gallery
+
+    monkeypatch.setenv("VIDFACE_CACHE", str(tmp_path / "cache"))
+    int8 = FaceDetector(shipped_weights[0], "cpu", closeups=True, backend="openvino-int8")
+    exact = FaceDetector(shipped_weights[0], "cpu", closeups=True, backend="openvino")
+    assert photo_detector(int8).backend == "openvino" and photo_detector(int8) is photo_detector(int8)
+    assert photo_detector(exact) is exact
+    looked_at = []
+    detect = FaceDetector.__call__
+
+    def counted(self, images, *args, **kwargs):
+        looked_at.append(self.backend)
+        return detect(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(FaceDetector, "__call__", counted)
+    embedder = FaceEmbedder(shipped_weights[1], "cpu", flip=True, backend="openvino-int8")
+    first = build_gallery(SAMPLES / "gallery", int8, embedder)
+    assert looked_at and set(looked_at) == {"openvino"}, "the int8 run looked at its photos in f32"
+    looked_at.clear()
+    second = build_gallery(SAMPLES / "gallery", exact, FaceEmbedder(shipped_weights[1], "cpu", flip=True,
+                                                                      backend="openvino"))
+    assert looked_at == [], "the f32 run reused the int8 run's gallery"
+    assert first.names == second.names and np.array_equal(first.embeddings, second.embeddings)

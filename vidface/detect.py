@@ -185,6 +185,7 @@ class FaceDetector:
         self.imgsz = int(math.ceil(imgsz / STRIDE) * STRIDE)
         self.conf, self.iou, self.max_det = conf, iou, max_det
         self.closeups = closeups
+        self._photo_detector = None  # see photo_detector
 
     def _network_for_export(self) -> tuple:
         """``(module, example input)`` for :func:`~vidface.onnx_runtime.cached_graph`: the fused network,
@@ -346,6 +347,19 @@ def one_box_per_face(rows: np.ndarray, iou: float, nested: float = NESTED_OVERLA
     return rows[keep]
 
 
+def photo_detector(detector):
+    """The detector photos go through: ``detector`` itself, or where it runs the int8 network, the same
+    weights and settings in f32 (made once, on the first photo). A gallery is embedded once and cached,
+    so it need not carry a quantisation error into every later match, and f32 and int8 runs share it."""
+    if not isinstance(detector, FaceDetector) or detector.backend != "openvino-int8":
+        return detector
+    if detector._photo_detector is None:
+        detector._photo_detector = FaceDetector(detector.weights_path, "cpu", imgsz=detector.imgsz, conf=detector.conf,
+                                                iou=detector.iou, max_det=detector.max_det,
+                                                closeups=detector.closeups, backend="openvino")
+    return detector._photo_detector
+
+
 def detect_photo(detector, image: np.ndarray) -> tuple[list[Detection], bool]:
     """Faces of a photo (BGR ``uint8 (H, W, 3)``), best first, with the close-up pass (a portrait is a
     close-up), and whether they were found only in its contrast-equalised copy.
@@ -358,8 +372,10 @@ def detect_photo(detector, image: np.ndarray) -> tuple[list[Detection], bool]:
     is. On WIDER training photos with a face of at least a fifth of their height, darkened to a fifth of
     their brightness, the largest face was found in 119 of 275 and 160 with the second look; on the 387
     hard-negative training crops (their real faces painted out) it added no face to the 118 with none,
-    and 14 to the 277 with none once darkened to a third.
+    and 14 to the 277 with none once darkened to a third. An int8 detector looks in f32
+    (:func:`photo_detector`).
     """
+    detector = photo_detector(detector)
     found = detector([image], closeups=True)[0]
     if found or float(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).mean()) >= PHOTO_DARK_LEVEL:
         return found, False

@@ -238,14 +238,16 @@ def scan_gallery(folder: Path, detector, embedder, cache_dir: Path | None = None
     """Detect, align and embed the subject of every photo (cached): ``(photos, {person: [vectors]})``."""
     folder = Path(folder)
     people = list_gallery(folder)
+    from .detect import photo_detector
     from .embed import file_fingerprint
     from .onnx_runtime import engine_precision
 
+    detector = photo_detector(detector)  # f32 where the video is detected in int8
     model_key = "|".join([
         CACHE_VERSION,
         file_fingerprint(detector.weights_path), detector.photo_settings_key,
         embedder.fingerprint,
-        # bf16 and int8 move boxes and embeddings a little: a gallery is embedded as the run embeds its faces
+        # bf16 moves boxes and embeddings a little: a gallery is embedded as the run embeds its faces
         engine_precision(getattr(detector, "backend", "torch"), detector=True),
         engine_precision(getattr(embedder, "backend", "torch")),
     ])
