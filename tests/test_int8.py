@@ -69,6 +69,7 @@ def test_int8_network_of_other_weights_is_never_used(shipped_weights, tmp_path, 
     weights = copy_with_int8(shipped_weights[0], tmp_path / "retrained")
     assert quantised_graph_for(weights) is not None
     monkeypatch.setattr(onnx_runtime, "_CPU_BF16", False)
+    monkeypatch.setattr(onnx_runtime, "_CPU_INT8", True)
     assert resolve_backend("auto", "cpu", weights) == "openvino-int8"
     update_detector_metadata(weights, det_conf=0.3)  # new weights (here: a new threshold), the old int8 network
     assert quantised_graph_for(weights) is None

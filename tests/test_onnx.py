@@ -125,16 +125,18 @@ def test_auto_engine_is_pytorch_on_a_gpu_and_an_unknown_engine_is_bad_usage():
         resolve_backend("tensorrt", "cpu")
 
 
-@pytest.mark.parametrize("has_bf16, shipped_detector, expected", [
-    (True, True, "openvino-bf16"), (False, True, "openvino-int8"), (False, False, "openvino")])
-def test_auto_takes_bf16_on_a_cpu_that_computes_it_else_int8_where_the_detector_has_it(
-        monkeypatch, random_models, shipped_weights, has_bf16, shipped_detector, expected):
+@pytest.mark.parametrize("has_bf16, has_vnni, shipped_detector, expected", [
+    (True, True, True, "openvino-bf16"), (False, True, True, "openvino-int8"), (False, False, True, "openvino"),
+    (False, True, False, "openvino")])
+def test_auto_takes_bf16_on_a_cpu_that_computes_it_else_int8_where_the_cpu_and_the_detector_have_it(
+        monkeypatch, random_models, shipped_weights, has_bf16, has_vnni, shipped_detector, expected):
     from vidface import onnx_runtime
     from vidface.pipeline import resolve_backend
 
     if not onnx_runtime.engine_available("openvino"):
         pytest.skip("OpenVINO not installed")
     monkeypatch.setattr(onnx_runtime, "_CPU_BF16", has_bf16)
+    monkeypatch.setattr(onnx_runtime, "_CPU_INT8", has_vnni)
     detector = shipped_weights[0] if shipped_detector else random_models[0]  # random weights: no int8 network
     assert resolve_backend("auto", "cpu", detector) == expected
     assert resolve_backend("auto", "cpu") == ("openvino-bf16" if has_bf16 else "openvino"), "no detector named"

@@ -142,10 +142,11 @@ class AnnotateSettings:
 
 def resolve_backend(name: str, device, detector: Path | None = None) -> str:
     """``auto`` -> the fastest engine measured on a CPU (``vidface eval backends``, ``vidface bench``) that is
-    installed, that this CPU computes natively and, for ``openvino-int8``, that has an int8 graph made
-    from the ``detector`` weights; PyTorch on a GPU or when none is installed."""
+    installed, that this CPU computes natively (bf16; int8 dot products for ``openvino-int8``) and, for
+    ``openvino-int8``, that has an int8 network made from the ``detector`` weights; PyTorch on a GPU or
+    when none is installed."""
     from .detect import quantised_graph_for
-    from .onnx_runtime import BACKENDS, ENGINE_PACKAGES, cpu_computes_bf16, engine_available
+    from .onnx_runtime import BACKENDS, ENGINE_PACKAGES, cpu_computes_bf16, cpu_computes_int8, engine_available
 
     def runs_here(engine: str) -> bool:
         if not engine_available(engine):
@@ -153,7 +154,7 @@ def resolve_backend(name: str, device, detector: Path | None = None) -> str:
         if engine == "openvino-bf16":
             return cpu_computes_bf16()
         if engine == "openvino-int8":
-            return detector is not None and quantised_graph_for(detector) is not None
+            return cpu_computes_int8() and detector is not None and quantised_graph_for(detector) is not None
         return True
 
     if name == "auto":
@@ -169,7 +170,8 @@ def resolve_backend(name: str, device, detector: Path | None = None) -> str:
 
 #: CPU engines in the order ``--backend auto`` tries them (fastest first, as measured); bf16 only on CPUs
 #: that compute it (AVX-512 BF16, AMX), where it keeps every videofaceid, LFW and WIDER figure, then the
-#: int8 detector where its graph matches the detector weights (README, "Speed")
+#: int8 detector on CPUs with int8 dot products (VNNI) where its network matches the detector weights
+#: (README, "Engines and speed")
 AUTO_ENGINES = ("openvino-bf16", "openvino-int8", "openvino", "onnx")
 
 
