@@ -142,3 +142,14 @@ def test_photos_are_looked_at_in_f32_so_int8_and_f32_runs_share_a_gallery(shippe
                                                                       backend="openvino"))
     assert looked_at == [], "the f32 run reused the int8 run's gallery"
     assert first.names == second.names and np.array_equal(first.embeddings, second.embeddings)
+
+
+def test_a_damaged_int8_network_is_a_model_error_not_a_traceback(shipped_weights, tmp_path):
+    from vidface.detect import FaceDetector, quantised_graph_for
+    from vidface.errors import ModelError
+
+    weights = copy_with_int8(shipped_weights[0], tmp_path / "damaged")
+    graph = quantised_graph_for(weights)
+    graph.write_text(graph.read_text()[: 5000])  # cut short, as an interrupted copy leaves it
+    with pytest.raises(ModelError, match="OpenVINO cannot load"):
+        FaceDetector(weights, "cpu", backend="openvino-int8")

@@ -174,7 +174,11 @@ class OpenVinoRunner:
         # OpenVINO's version): later runs load them instead of compiling, which was most of their start-up
         config = {"INFERENCE_NUM_THREADS": threads or default_threads(), "INFERENCE_PRECISION_HINT": precision,
                   "CACHE_DIR": str(default_cache_dir() / "openvino")}
-        self.compiled = core.compile_model(str(graph), "CPU", config)
+        try:
+            self.compiled = core.compile_model(str(graph), "CPU", config)
+        except RuntimeError as error:  # a damaged or truncated model file
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelError(f"OpenVINO cannot load {graph} ({reason}); use another --backend") from None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.compiled(np.ascontiguousarray(batch, dtype=np.float32))[0]
