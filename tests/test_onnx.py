@@ -246,3 +246,26 @@ def test_an_unknown_crop_normalisation_is_a_model_error(random_models, tmp_path)
     weights = embedder_variant(random_models[1], tmp_path / "odd.safetensors", crop_normalisation="sepia")
     with pytest.raises(ModelError, match="crop_normalisation 'sepia'"):
         read_embedder_config(weights)
+
+
+def test_eval_backends_times_every_engine_in_rounds_and_checks_it_against_pytorch(shipped_weights):
+    from pathlib import Path
+
+    from vidface.pipeline import AnnotateSettings
+    from vidface.research.evaluation.backends import compare_engines
+
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    settings = AnnotateSettings(device="cpu", detector=shipped_weights[0], embedder=shipped_weights[1])
+    lines = []
+    rows = compare_engines(Path(__file__).resolve().parents[1] / "samples" / "demo.mp4", settings, frames=8,
+                           log=lines.append, repeat=2)
+    by_name = {row.engine: row for row in rows}
+    assert {"pytorch eager", "onnxruntime fp32", "openvino f32",
+            "openvino-int8 (shipped NNCF detector, f32 embedder)"} <= set(by_name)
+    assert len(lines) == len(rows), "each engine is checked once, in the first round"
+    for name in ("onnxruntime fp32", "openvino f32"):
+        assert by_name[name].faces_agree == 1.0 and by_name[name].embedding_cosine_min > 0.999
+    shipped = by_name["openvino-int8 (shipped NNCF detector, f32 embedder)"]
+    assert shipped.faces_agree >= 0.9 and shipped.embedding_cosine_min > 0.99, "int8 detector, f32 embedder"
+    assert all(row.detect_fps > 0 and row.embed_crops_per_s > 0 for row in rows)
+    assert all("over 2 rounds" in row.note for row in rows)

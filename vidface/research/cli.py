@@ -734,6 +734,7 @@ def eval_backends(
                                     help="WIDER training images (and 8x as many training crops) to calibrate int8 on"),
     config: Path = typer.Option(Path("configs/embedder-cpu-imagenet.json"), "--config",
                                 help="the embedder's training config (where its training crops are)"),
+    repeat: int = typer.Option(3, "--repeat", min=1, help="rounds over every engine; speeds are their medians"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table here"),
 ) -> None:
     """Inference engines side by side on this CPU: PyTorch, ONNX Runtime fp32 and int8, OpenVINO."""
@@ -752,9 +753,10 @@ def eval_backends(
         paths, *_ = training_crops(EmbedderTrainConfig.load(config))
         chosen = np.random.default_rng(0).choice(len(paths), min(8 * calibration, len(paths)), replace=False)
         crops = load_crops([paths[i] for i in chosen], 112)
-    rows = compare_engines(video, settings, frames, images, crops, log=lambda line: err.print(line, markup=False))
+    rows = compare_engines(video, settings, frames, images, crops, log=lambda line: err.print(line, markup=False),
+                           repeat=repeat)
     table = Table("engine", "detect frames/s", "embed crops/s", "faces agree", "embedding cosine (min)", "note",
-                  title=f"inference engines, {frames} frames of {video.name}, 2 threads")
+                  title=f"inference engines, {frames} frames of {video.name}, 2 threads, medians of {repeat} rounds")
     for row in rows:
         def cell(value, digits):
             return "-" if value is None else f"{value:.{digits}f}"
@@ -763,4 +765,5 @@ def eval_backends(
                       cell(row.embedding_cosine_min, 4), row.note)
     out.print(table)
     if json_out:
-        write_json_atomic({"video": str(video), "frames": frames, "rows": [asdict(r) for r in rows]}, json_out)
+        write_json_atomic({"video": str(video), "frames": frames, "repeat": repeat, "rows": [asdict(r) for r in rows]},
+                          json_out)

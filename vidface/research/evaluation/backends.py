@@ -46,8 +46,9 @@ def _frames(video: Path, count: int) -> list[np.ndarray]:
 
 
 def compare_engines(video: Path, settings, frames: int = 96, calibration_images: list[Path] = (),
-                    calibration_crops: np.ndarray | None = None, log=print) -> list[EngineRow]:
-    """Time and check every available engine on ``frames`` frames of ``video`` (see the module docstring)."""
+                    calibration_crops: np.ndarray | None = None, log=print, repeat: int = 1) -> list[EngineRow]:
+    """Time and check every available engine on ``frames`` frames of ``video`` (see the module docstring);
+    ``repeat`` rounds over all engines, speeds are the medians of the rounds."""
     from ...align import align_face
     from ...detect import FaceDetector
     from ...embed import FaceEmbedder, crops_to_batch
@@ -67,7 +68,7 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
             found += detector(images[start : start + batch_size])
         return found, len(images) / (time.perf_counter() - started)
 
-    reference_faces, torch_fps = run_detector(torch_detector)
+    reference_faces, _ = run_detector(torch_detector)
     crops = [align_face(image, face.landmarks, face.box) for image, faces in zip(images, reference_faces)
              for face in faces]
     if not crops:
@@ -79,8 +80,7 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
         vectors = embedder(crops)
         return vectors, len(crops) / (time.perf_counter() - started)
 
-    reference_vectors, torch_cps = run_embedder(torch_embedder)
-    rows = [EngineRow("pytorch eager", round(torch_fps, 1), round(torch_cps, 1), 1.0, 1.0)]
+    reference_vectors, _ = run_embedder(torch_embedder)
 
     def agreement(found) -> float:
         matched = total = 0
@@ -91,22 +91,12 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
                 matched += int((iou.max(axis=1) >= 0.5).sum())
         return matched / max(total, 1)
 
-    # one detector and one embedder on the exported graphs; each check swaps in the runner it times
+    # one detector and one embedder on the exported graphs; each engine swaps in the runners it times
     graph_detector = FaceDetector(settings.detector, "cpu", imgsz=settings.imgsz, closeups=settings.closeups,
                                   backend="onnx")
     graph_embedder = FaceEmbedder(settings.embedder, "cpu", flip=settings.flip_embed, backend="onnx")
     detector_graph, embedder_graph = graph_detector.graph, graph_embedder.graph
-
-    def check(name: str, detector_runner, embedder_runner, note: str = "") -> None:
-        graph_detector._onnx, graph_embedder._onnx = detector_runner, embedder_runner
-        found, fps = run_detector(graph_detector)
-        vectors, cps = run_embedder(graph_embedder)
-        cosine = float((vectors * reference_vectors).sum(axis=1).min())
-        rows.append(EngineRow(name, round(fps, 1), round(cps, 1), round(agreement(found), 4), round(cosine, 4), note))
-        log(f"{name}: detect {fps:.1f} frames/s, embed {cps:.1f} crops/s, faces agree {agreement(found):.3f}, "
-            f"embedding cosine >= {cosine:.4f}")
-
-    check("onnxruntime fp32", graph_detector._onnx, graph_embedder._onnx)
+    engines = [("pytorch eager", None, None, ""), ("onnxruntime fp32", graph_detector._onnx, graph_embedder._onnx, "")]
     int8_graphs = None
     if calibration_images and calibration_crops is not None:
         import cv2
@@ -120,22 +110,49 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
                             for graph, batches, name in ((detector_graph, detector_batches, "detector"),
                                                          (embedder_graph, embedder_batches, "embedder")))
         int8_note = f"calibrated on {len(calibration_images)} WIDER training images, {len(calibration_crops)} crops"
-        check("onnxruntime int8 (static)", OnnxRunner(int8_graphs[0]), OnnxRunner(int8_graphs[1]), note=int8_note)
+        engines.append(("onnxruntime int8 (static)", OnnxRunner(int8_graphs[0]), OnnxRunner(int8_graphs[1]), int8_note))
     import importlib.util
 
+    missing = []
     if importlib.util.find_spec("openvino") is None:
-        rows.append(EngineRow("openvino", None, None, None, None, "not installed"))
+        missing.append(EngineRow("openvino", None, None, None, None, "not installed"))
     else:
-        check("openvino f32", OpenVinoRunner(detector_graph), OpenVinoRunner(embedder_graph))
-        check("openvino bf16", OpenVinoRunner(detector_graph, precision="bf16"),
-              OpenVinoRunner(embedder_graph, precision="bf16"), note="OpenVINO's own choice on a CPU with BF16")
-        if int8_graphs is not None:  # OpenVINO runs a QDQ graph's convolutions in int8 (VNNI where the CPU has it)
-            check("openvino int8 (the same QDQ graphs)", OpenVinoRunner(int8_graphs[0]), OpenVinoRunner(int8_graphs[1]),
-                  note=int8_note)
         from ...detect import quantised_graph_for
 
+        engines.append(("openvino f32", OpenVinoRunner(detector_graph), OpenVinoRunner(embedder_graph), ""))
+        engines.append(("openvino bf16", OpenVinoRunner(detector_graph, precision="bf16"),
+                        OpenVinoRunner(embedder_graph, precision="bf16"), "OpenVINO's own choice on a CPU with BF16"))
+        if int8_graphs is not None:  # OpenVINO runs a QDQ graph's convolutions in int8 (VNNI where the CPU has it)
+            engines.append(("openvino int8 (the same QDQ graphs)", OpenVinoRunner(int8_graphs[0]),
+                            OpenVinoRunner(int8_graphs[1]), int8_note))
         shipped = quantised_graph_for(settings.detector)
         if shipped is not None:
-            check("openvino-int8 (shipped NNCF detector, f32 embedder)", OpenVinoRunner(shipped),
-                  OpenVinoRunner(embedder_graph), note="--backend openvino-int8")
+            engines.append(("openvino-int8 (shipped NNCF detector, f32 embedder)", OpenVinoRunner(shipped),
+                            OpenVinoRunner(embedder_graph), "--backend openvino-int8"))
+
+    # every engine once per round, the rounds one after the other: a machine that slows down for a while
+    # slows every engine's figure of that round, and the medians leave such rounds out
+    speeds: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in engines}
+    checks: dict[str, tuple[float, float]] = {}
+    for _ in range(repeat):
+        for name, detector_runner, embedder_runner, _note in engines:
+            if detector_runner is None:
+                detector, embedder = torch_detector, torch_embedder
+            else:
+                graph_detector._onnx, graph_embedder._onnx = detector_runner, embedder_runner
+                detector, embedder = graph_detector, graph_embedder
+            found, fps = run_detector(detector)
+            vectors, cps = run_embedder(embedder)
+            speeds[name].append((fps, cps))
+            if name not in checks:
+                checks[name] = (agreement(found), float((vectors * reference_vectors).sum(axis=1).min()))
+                log(f"{name}: detect {fps:.1f} frames/s, embed {cps:.1f} crops/s, faces agree {checks[name][0]:.3f}, "
+                    f"embedding cosine >= {checks[name][1]:.4f}")
+    rows = []
+    for name, _detector, _embedder, note in engines:
+        detect_fps, embed_cps = (np.array(values) for values in zip(*speeds[name]))
+        spread = (f"; detect {detect_fps.min():.1f}-{detect_fps.max():.1f} over {repeat} rounds" if repeat > 1 else "")
+        rows.append(EngineRow(name, round(float(np.median(detect_fps)), 1), round(float(np.median(embed_cps)), 1),
+                              round(checks[name][0], 4), round(checks[name][1], 4), (note + spread).lstrip("; ")))
+    rows += missing
     return rows
