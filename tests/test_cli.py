@@ -282,6 +282,10 @@ def test_help_reads_well():
         assert not silent, f"{name}: options without help text: {silent}"
     version = subprocess.run([sys.executable, "-m", "vidface", "-V"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("vidface ")
+    from vidface.pipeline import AUTO_ENGINES
+
+    assert any(f"--backend auto runs {engine} on " in version.stdout for engine in (*AUTO_ENGINES, "torch")), \
+        "the version names the engine auto takes here (for bug reports)"
 
 
 def test_annotate_and_bench_print_json_on_stdout_and_people_text_on_stderr(tmp_path, random_models):

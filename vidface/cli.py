@@ -655,7 +655,13 @@ class _BatchDisplay:
 
 def _version_callback(value: bool) -> None:
     if value:
-        out.print(f"vidface {__version__}", markup=False, highlight=False)
+        from .device import resolve_device
+        from .pipeline import default_detector, resolve_backend
+
+        device = resolve_device("auto")
+        # what a bug report needs besides the version: the engine --backend auto takes on this machine
+        engine = resolve_backend("auto", device, default_detector())
+        out.print(f"vidface {__version__} (--backend auto runs {engine} on {device})", markup=False, highlight=False)
         raise typer.Exit()
 
 
