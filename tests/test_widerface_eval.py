@@ -154,3 +154,20 @@ def test_the_evaluated_detector_runs_its_close_up_pass_when_asked(random_models,
     for closeups in (False, True):
         _detector_fn(str(random_models[0]), 640, 0.01, "onnx", closeups=closeups)
     assert made == [False, True]
+
+
+def test_a_checkpoint_without_a_calibrated_threshold_is_evaluated_without_an_operating_point(random_models, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import shared
+
+    shared("widerface", "val-eval")
+    report = tmp_path / "wider.json"
+    run = subprocess.run([sys.executable, "-m", "vidface", "eval", "widerface", "--model", str(random_models[0]),
+                          "--limit", "2", "--backend", "onnx", "--json", str(report)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(report.read_text())
+    assert set(result["ap"]) == {"easy", "medium", "hard"} and "operating" not in result

@@ -393,7 +393,7 @@ def eval_widerface(
                                          help="drop the faces this embedder's face/non-face head judges not a face"),
     operating_score: Optional[float] = typer.Option(
         None, "--operating-score", metavar="SCORE", help="report false positives per image and recall at this score  "
-        "[default: our detector's calibrated det_conf; none for a teacher]"),
+        "[default: our detector's calibrated det_conf; none for a teacher or uncalibrated weights]"),
     closeups: bool = typer.Option(False, "--closeups/--no-closeups",
                                   help="our detector with its close-up pass, as annotate runs it (default: one pass)"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
@@ -406,7 +406,8 @@ def eval_widerface(
     if operating_score is None and model not in TEACHERS:
         from ..detect import read_detector_metadata
 
-        operating_score = float(read_detector_metadata(Path(model))["det_conf"])
+        stored = read_detector_metadata(Path(model)).get("det_conf")  # uncalibrated weights (a checkpoint): none
+        operating_score = None if stored is None else float(stored)
     bar = tqdm(unit="img", desc=f"WIDER val-eval {Path(model).name}")
     report = evaluate_detector(_detector_fn(model, imgsz, conf, backend, judge, closeups), limit=limit,
                                operating_score=operating_score,
