@@ -6,7 +6,7 @@ pickled code. Prediction is our own batched letterbox -> forward -> NMS ->
 un-letterbox loop, so many video frames go through the GPU at once. With
 ``backend`` ``onnx`` or ``openvino`` the network is an ONNX graph exported once
 from the weights, and detection runs without PyTorch or ultralytics; with
-``openvino-int8`` it is the int8 graph shipped beside the weights (made from
+``openvino-int8`` it is the int8 network shipped beside the weights (made from
 them by ``vidface train quantise-detector``, see :func:`quantised_graph_for`).
 """
 
@@ -162,9 +162,9 @@ class FaceDetector:
                 raise ModelError(f"--backend {backend} runs on the CPU; use --device cpu (or --backend torch on a GPU)")
             self.graph = quantised_graph_for(self.weights_path)
             if self.graph is None:
-                raise ModelError(f"no int8 graph made from {self.weights_path} (make it with `vidface train "
+                raise ModelError(f"no int8 network made from {self.weights_path} (make it with `vidface train "
                                  f"quantise-detector {self.weights_path}`, or choose another --backend)")
-            # the layers left float (box decoding) stay f32: OpenVINO's bf16 would round pixel coordinates
+            # the layers left float (the head) run in f32: OpenVINO's bf16 would round pixel coordinates
             self._onnx = OpenVinoRunner(self.graph)
             self.device, self.half = "cpu", False
         elif backend != "torch":

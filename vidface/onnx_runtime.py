@@ -26,8 +26,8 @@ EXPORT_VERSION = "2"
 #: inference engines; all but ``torch`` run an exported ONNX graph on the CPU. ``openvino-bf16`` lets
 #: OpenVINO compute in bfloat16 (about twice as fast on CPUs with AVX-512 BF16 or AMX; a few detections
 #: near the score threshold come out differently, see ``OpenVinoRunner``; ``--backend auto`` takes it on such CPUs).
-#: ``openvino-int8`` runs the detector's int8 graph shipped beside its weights (1.2-1.5 times the f32
-#: network speed on CPUs without BF16; :func:`vidface.detect.quantised_graph_for`) and the embedder in f32
+#: ``openvino-int8`` runs the detector's int8 network shipped beside its weights (about 1.2 times the f32
+#: network's speed on a CPU with VNNI; :func:`vidface.detect.quantised_graph_for`) and the embedder in f32
 BACKENDS = ("torch", "onnx", "openvino", "openvino-bf16", "openvino-int8")
 #: the Python package each engine needs
 ENGINE_PACKAGES = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino",
