@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import ModelError
 from ...files import write_atomically, write_json_atomic
 
 
@@ -102,7 +103,10 @@ def quantise_detector(weights: Path, image_paths: list[Path], destination: Path 
     from ...embed import file_fingerprint
 
     os.environ.setdefault("NNCF_CI", "1")  # NNCF's usage telemetry off: nothing here may reach the network
-    import nncf
+    try:
+        import nncf
+    except ImportError:
+        raise ModelError("quantising the detector needs NNCF: pip install -e '.[train]' (or pip install nncf)") from None
 
     weights = Path(weights)
     destination = Path(destination) if destination else weights.with_name(weights.stem + INT8_SUFFIX + ".xml")
