@@ -702,9 +702,10 @@ def eval_peers(
     from .evaluation.peers import compare_with_insightface, median_ratios
 
     scrfd = require(data_root() / "models" / "scrfd_500m_bnkps.onnx", "SCRFD-500M model")
-    extra = ("--backend", backend) + (() if embed_every is None else ("--embed-every", str(embed_every)))
+    extra = () if embed_every is None else ("--embed-every", str(embed_every))
     with tempfile.TemporaryDirectory() as scratch:
-        pairs = [compare_with_insightface(video, gallery, peer_python, scrfd, Path(scratch), every, extra_args=extra)
+        pairs = [compare_with_insightface(video, gallery, peer_python, scrfd, Path(scratch), every, backend=backend,
+                                          extra_args=extra)
                  for _ in range(repeat)]
     embedded = "every face" if embed_every == 1 else f"tracked faces every {embed_every or 'default'} passes"
     table = Table(title=f"{video.name}: detection on every {every}th frame; insightface embeds every face, "

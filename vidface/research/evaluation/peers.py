@@ -161,20 +161,21 @@ def median_ratios(pairs: list[list["ProcessCost"]]) -> dict[str, float]:
 
 
 def compare_with_insightface(video: Path, gallery: Path, peer_python: str, scrfd: Path, work: Path,
-                             every: int = 5, extra_args: tuple[str, ...] = ()) -> list[ProcessCost]:
+                             every: int = 5, backend: str = "auto", extra_args: tuple[str, ...] = ()
+                             ) -> list[ProcessCost]:
     """insightface, then vidface, each on every ``every``-th frame of ``video`` (see the module docstring)."""
     recogniser = mobilefacenet_graph(work / "mbf-architecture.onnx")
     script = work / "insightface_run.py"
     script.write_text(PEER_SCRIPT)
     peer = measure("insightface (SCRFD-500M + MobileFaceNet, onnxruntime)",
                    [peer_python, str(script), str(video), str(scrfd), str(recogniser), str(every)])
-    engine = list(extra_args[extra_args.index("--backend"):][:2]) if "--backend" in extra_args else []
     # both sides start from ready models: the gallery is cached, for the engine the run uses (its cache is
     # per precision; built for another, the measured run would embed the gallery again)
-    subprocess.run([sys.executable, "-m", "vidface", "gallery", "build", str(gallery), *engine],
+    subprocess.run([sys.executable, "-m", "vidface", "gallery", "build", str(gallery), "--backend", backend],
                    check=True, capture_output=True)
     log = work / "vidface-run.json"
     ours = measure("vidface annotate --no-video", [sys.executable, "-m", "vidface", "annotate", str(video), "--gallery",
                                                    str(gallery), "--frame-skip", str(every - 1), "--no-video", "--log",
-                                                   str(log), "--overwrite", "--quiet", "--json", *extra_args])
+                                                   str(log), "--overwrite", "--quiet", "--json", "--backend", backend,
+                                                   *extra_args])
     return [peer, ours]
