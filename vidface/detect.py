@@ -156,16 +156,15 @@ class FaceDetector:
         # self.graph: the ONNX file the CPU engines run (None with PyTorch)
         self._onnx, self.model, self.graph = None, None, None
         if backend == "openvino-int8":
-            from .onnx_runtime import OpenVinoRunner
+            from .onnx_runtime import require_cpu, runner_for
 
-            if str(device) != "cpu":
-                raise ModelError(f"--backend {backend} runs on the CPU; use --device cpu (or --backend torch on a GPU)")
+            require_cpu(backend, device)
             self.graph = quantised_graph_for(self.weights_path)
             if self.graph is None:
                 raise ModelError(f"no int8 network made from {self.weights_path} (make it with `vidface train "
                                  f"quantise-detector {self.weights_path}`, or choose another --backend)")
-            # the layers left float (the head) run in f32: OpenVINO's bf16 would round pixel coordinates
-            self._onnx = OpenVinoRunner(self.graph)
+            # the layers left float (the head) run in f32 (engine_precision): bf16 would round pixel coordinates
+            self._onnx = runner_for(backend, self.graph)
             self.device, self.half = "cpu", False
         elif backend != "torch":
             from .embed import file_fingerprint

@@ -130,11 +130,16 @@ def cached_graph(key: str, network: Callable[[], tuple], dynamic: dict[int, str]
     return path
 
 
+def require_cpu(engine: str, device) -> None:
+    """The engines but ``torch`` run on the CPU only: a model error on any other device."""
+    if str(device) != "cpu":
+        raise ModelError(f"--backend {engine} runs on the CPU; use --device cpu (or --backend torch on a GPU)")
+
+
 def graph_runner(engine: str, device, key: str, network: Callable[[], tuple], dynamic: dict[int, str]) -> tuple:
     """``(runner, graph path)`` for a network run on ``engine``: the graph cached for ``key`` (exported by
     ``network()`` at first use, see :func:`cached_graph`). These engines run on the CPU only."""
-    if str(device) != "cpu":
-        raise ModelError(f"--backend {engine} runs on the CPU; use --device cpu (or --backend torch on a GPU)")
+    require_cpu(engine, device)
     graph = cached_graph(key, network, dynamic)
     return runner_for(engine, graph), graph
 
