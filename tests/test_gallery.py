@@ -325,3 +325,21 @@ def test_a_face_found_in_a_dark_photos_equalised_copy_says_so_in_detects_answer(
     plain, _ = annotate_photo(dim_photo(40, 200, 100), models, None, 0.5)
     assert [face["equalised"] for face in dark] == [True] and [face["equalised"] for face in plain] == [False]
     assert dark[0]["box"] == pytest.approx([100, 40, 200, 140], abs=3)
+
+
+def test_a_model_file_is_hashed_once_per_version(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from vidface import embed
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"a" * 1000)
+    hashed, sha256 = [], hashlib.sha256
+    monkeypatch.setattr(embed.hashlib, "sha256", lambda: hashed.append(1) or sha256())
+    first = embed.file_fingerprint(model)
+    assert embed.file_fingerprint(model) == first and len(hashed) == 1
+    model.write_bytes(b"b" * 1000)  # same size, new content
+    stat = model.stat()
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1000))
+    assert embed.file_fingerprint(model) != first and len(hashed) == 2

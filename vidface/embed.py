@@ -261,9 +261,18 @@ def unit_embeddings(raw: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
 
 
 def file_fingerprint(path: Path) -> str:
-    """Short content hash of a model file, used to key caches."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    """Short content hash of a model file, used to key caches. Hashed once per version of the file (its
+    inode, size and modification time): loading a run's models asks for the same file's several times."""
+    path = Path(path)
+    status = path.stat()
+    version = (str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns)
+    if version not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _FINGERPRINTS[version] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[version]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
