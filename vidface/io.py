@@ -314,9 +314,12 @@ def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.stem}.vidface-{tag}-{os.getpid()}{path.suffix}")
 
 
-#: ``--codec`` choices: name -> (PyAV encoder, encoder options)
+#: ``--codec`` choices: name -> (PyAV encoder, encoder options). H.264: x264's ``veryfast`` with its
+#: quickest sub-pixel motion refinement (``subme=1``), which took a third off the encoder's CPU time on
+#: a 720p clip (15.8 -> 10.8 ms a frame on 2 cores) for 6 % more bytes and 0.2 dB less PSNR, still
+#: less than half the input's size; encoding shares the CPU with detection
 CODECS = {
-    "h264": ("libx264", {"crf": "23", "preset": "veryfast"}),
+    "h264": ("libx264", {"crf": "23", "preset": "veryfast", "x264-params": "subme=1"}),
     "h264-nvenc": ("h264_nvenc", {"preset": "p4", "cq": "23"}),
     "mpeg4": ("mpeg4", {"qscale": "3"}),
 }
