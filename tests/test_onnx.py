@@ -91,6 +91,24 @@ def test_openvino_keeps_its_compiled_networks_in_the_cache_and_loads_them_again(
     assert np.array_equal(first, again)
 
 
+def test_an_openvino_detector_runs_each_pass_on_its_own_compiled_network_with_the_same_answers(random_models):
+    pytest.importorskip("openvino", reason="OpenVINO is optional")
+    from vidface.detect import FaceDetector
+    from vidface.onnx_runtime import OpenVinoRunner
+
+    detector = FaceDetector(random_models[0], "cpu", imgsz=320, conf=0.0, closeups=True, backend="openvino")
+    rng = np.random.default_rng(4)
+    main_canvas, closeup_canvas, odd_canvas = (rng.random(shape, dtype=np.float32)
+                                               for shape in ((2, 3, 192, 320), (2, 3, 96, 160), (1, 3, 64, 64)))
+    one = OpenVinoRunner(detector.graph)  # a single network for every shape
+    for canvas in (main_canvas, closeup_canvas, main_canvas, odd_canvas, closeup_canvas):
+        assert np.array_equal(detector._onnx(canvas), one(canvas))
+    # the first shape has a network of its own, every other shape shares the second
+    assert len(detector._onnx._networks) == 2 and len(one._networks) == 1
+    assert detector._onnx._network_for(main_canvas.shape) is not detector._onnx._network_for(closeup_canvas.shape)
+    assert detector._onnx._network_for(odd_canvas.shape) is detector._onnx._network_for(closeup_canvas.shape)
+
+
 def test_a_cpu_engine_run_never_loads_pytorch(random_models, tmp_path):
     from vidface.pipeline import AnnotateSettings, Models
 

@@ -47,6 +47,9 @@ PHOTO_DARK_LEVEL = 60
 #: (OpenVINO's model format: a graph and its tensors, no code), with a ``.json`` beside them naming the
 #: fingerprint of the weights it was quantised from
 INT8_SUFFIX = "-int8"
+#: compiled copies of the network an OpenVINO detector keeps: one for the main pass's canvas, one for
+#: the rest (the close-up pass's; see ``networks`` of :class:`vidface.onnx_runtime.OpenVinoRunner`)
+PASS_NETWORKS = 2
 
 
 def save_detector(model, path: Path, imgsz: int = 640, extra: dict | None = None) -> Path:
@@ -164,14 +167,15 @@ class FaceDetector:
                 raise ModelError(f"no int8 network made from {self.weights_path} (make it with `vidface train "
                                  f"quantise-detector {self.weights_path}`, or choose another --backend)")
             # the layers left float (the head) run in f32 (engine_precision): bf16 would round pixel coordinates
-            self._onnx = runner_for(backend, self.graph)
+            self._onnx = runner_for(backend, self.graph, networks=PASS_NETWORKS)
             self.device, self.half = "cpu", False
         elif backend != "torch":
             from .embed import file_fingerprint
             from .onnx_runtime import graph_runner
 
             self._onnx, self.graph = graph_runner(backend, device, f"detector:{file_fingerprint(self.weights_path)}",
-                                                  self._network_for_export, {0: "batch", 2: "height", 3: "width"})
+                                                  self._network_for_export, {0: "batch", 2: "height", 3: "width"},
+                                                  networks=PASS_NETWORKS)
             self.device, self.half = "cpu", False
         else:
             import torch
