@@ -563,3 +563,23 @@ def test_a_missing_training_set_is_a_data_error_that_names_how_to_make_it(tmp_pa
     config = EmbedderTrainConfig(labelled_sets=[], unlabelled_sets=["cache/faces-wider"])
     with pytest.raises(DataError, match="vidface data wider-crops"):
         training_crops(config, root=tmp_path)
+
+
+def test_detector_training_computes_on_every_cpu_it_is_given():
+    """ultralytics sets PyTorch to one thread fewer than the CPUs when it picks the CPU (one thread on 2 cores)."""
+    pytest.importorskip("ultralytics")
+    from vidface.offline import load_ultralytics
+    from vidface.research.train.detector import use_cpu_threads
+
+    load_ultralytics()
+    from ultralytics.utils import torch_utils
+
+    before, numbers = torch.get_num_threads(), torch_utils.NUM_THREADS
+    try:
+        for threads in (1, 2):
+            use_cpu_threads(threads)
+            torch_utils.select_device("cpu", verbose=False)
+            assert torch.get_num_threads() == threads
+    finally:
+        torch_utils.NUM_THREADS = numbers
+        torch.set_num_threads(before)

@@ -164,6 +164,8 @@ def train_detector_command(
     resume: bool = typer.Option(False, "--resume", help="continue from RUN/weights/last.pt"),
     init: Optional[Path] = typer.Option(None, "--init", help="start a new schedule from this checkpoint's weights"),
     export: Optional[Path] = typer.Option(None, "--export", help="also write vidface's safetensors here"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="CPU threads (default: every CPU; ultralytics alone takes one fewer)"),
 ) -> None:
     """Train YOLOv8n-pose (1 class, 5 landmarks) with ultralytics' trainer, from scratch or --init."""
     from ..detect import export_checkpoint
@@ -172,7 +174,7 @@ def train_detector_command(
     recipe = DetectorRecipe(epochs=epochs, imgsz=imgsz, batch=batch, close_mosaic=close_mosaic, mosaic=mosaic,
                             scale=scale)
     best = train_detector(data, run_dir, recipe, device=device, workers=workers, resume=resume, time_hours=hours,
-                          init=init)
+                          init=init, threads=threads)
     out.print(f"best checkpoint: {best}")
     if export:
         out.print(f"exported: {export_checkpoint(best, export)}")
