@@ -91,11 +91,16 @@ def runner_for(engine: str, graph: Path, networks: int = 1):
     return OnnxRunner(graph)
 
 
+def available_cpus() -> int:
+    """The CPUs this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_threads() -> int:
     """Threads for a CPU engine: PyTorch's setting when it is loaded (``--threads`` sets it), else the CPUs we may use."""
     if "torch" in sys.modules:
         return sys.modules["torch"].get_num_threads()
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return available_cpus()
 
 
 def cached_graph(key: str, network: Callable[[], tuple], dynamic: dict[int, str]) -> Path:

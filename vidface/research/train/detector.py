@@ -7,12 +7,12 @@ ultralytics' trainer on the data set made by :mod:`vidface.train.widerface_data`
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ...offline import load_ultralytics
+from ...onnx_runtime import available_cpus
 
 
 @dataclass
@@ -66,7 +66,7 @@ def train_detector(
     threads: PyTorch's threads on the CPU (``None``: every CPU this process may use).
     """
     ultralytics = load_ultralytics()
-    use_cpu_threads(threads or len(os.sched_getaffinity(0)))
+    use_cpu_threads(threads or available_cpus())
     last = run_dir / "weights" / "last.pt"
     if resume and last.exists():
         model = ultralytics.YOLO(str(last))
