@@ -194,8 +194,7 @@ class OpenVinoRunner:
         # OpenVINO's version): later runs load them instead of compiling, which was most of their start-up
         self._config = {"INFERENCE_NUM_THREADS": threads or default_threads(), "INFERENCE_PRECISION_HINT": precision,
                         "CACHE_DIR": str(default_cache_dir() / "openvino")}
-        self.compiled = self._compile()
-        self._networks = [self.compiled]
+        self._networks = [self._compile()]
         self._max_networks = max(1, networks)
         self._network_of_shape: dict[tuple, int] = {}
 

@@ -110,7 +110,8 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
                             for graph, batches, name in ((detector_graph, detector_batches, "detector"),
                                                          (embedder_graph, embedder_batches, "embedder")))
         int8_note = f"calibrated on {len(calibration_images)} WIDER training images, {len(calibration_crops)} crops"
-        engines.append(("onnxruntime int8 (static)", OnnxRunner(int8_graphs[0]), OnnxRunner(int8_graphs[1]), int8_note))
+        engines.append(("onnxruntime int8 (static)", OnnxRunner(int8_graphs[0]), OnnxRunner(int8_graphs[1]),
+                        int8_note))
     import importlib.util
 
     missing = []
@@ -119,16 +120,19 @@ def compare_engines(video: Path, settings, frames: int = 96, calibration_images:
     else:
         from ...detect import PASS_NETWORKS, quantised_graph_for
 
-        engines.append(("openvino f32", OpenVinoRunner(detector_graph, networks=PASS_NETWORKS), OpenVinoRunner(embedder_graph), ""))
+        engines.append(("openvino f32", OpenVinoRunner(detector_graph, networks=PASS_NETWORKS),
+                        OpenVinoRunner(embedder_graph), ""))
         engines.append(("openvino bf16", OpenVinoRunner(detector_graph, precision="bf16", networks=PASS_NETWORKS),
                         OpenVinoRunner(embedder_graph, precision="bf16"), "OpenVINO's own choice on a CPU with BF16"))
         if int8_graphs is not None:  # OpenVINO runs a QDQ graph's convolutions in int8 (VNNI where the CPU has it)
-            engines.append(("openvino int8 (the same QDQ graphs)", OpenVinoRunner(int8_graphs[0], networks=PASS_NETWORKS),
-                            OpenVinoRunner(int8_graphs[1]), int8_note))
+            engines.append(("openvino int8 (the same QDQ graphs)",
+                            OpenVinoRunner(int8_graphs[0], networks=PASS_NETWORKS), OpenVinoRunner(int8_graphs[1]),
+                            int8_note))
         shipped = quantised_graph_for(settings.detector)
         if shipped is not None:
-            engines.append(("openvino-int8 (shipped NNCF detector, f32 embedder)", OpenVinoRunner(shipped, networks=PASS_NETWORKS),
-                            OpenVinoRunner(embedder_graph), "--backend openvino-int8"))
+            engines.append(("openvino-int8 (shipped NNCF detector, f32 embedder)",
+                            OpenVinoRunner(shipped, networks=PASS_NETWORKS), OpenVinoRunner(embedder_graph),
+                            "--backend openvino-int8"))
 
     # every engine once per round, the rounds one after the other: a machine that slows down for a while
     # slows every engine's figure of that round, and the medians leave such rounds out
