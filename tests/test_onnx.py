@@ -161,6 +161,20 @@ def test_auto_takes_bf16_on_a_cpu_that_computes_it_else_int8_where_the_cpu_and_t
     assert resolve_backend("openvino", "cpu", detector) == "openvino"  # a named engine is taken as asked
 
 
+
+@pytest.mark.parametrize("has_bf16, has_vnni", [(True, True), (False, True)])
+def test_commands_that_build_data_or_calibrate_compute_in_f32_whatever_the_cpu(
+        monkeypatch, shipped_weights, has_bf16, has_vnni):
+    from vidface import onnx_runtime
+    from vidface.pipeline import Models
+    from vidface.research.cli import _f32_settings
+
+    monkeypatch.setattr(onnx_runtime, "_CPU_BF16", has_bf16)
+    monkeypatch.setattr(onnx_runtime, "_CPU_INT8", has_vnni)
+    models = Models.load(_f32_settings(detector=shipped_weights[0], embedder=shipped_weights[1]))
+    assert onnx_runtime.engine_precision(models.detector.backend, detector=True) == "f32"
+    assert onnx_runtime.engine_precision(models.embedder.backend) == "f32"
+
 def test_batch_size_left_to_the_device_is_small_on_the_cpu(random_models):
     from vidface.pipeline import CPU_BATCH_SIZE, AnnotateSettings, Models
 

@@ -30,6 +30,17 @@ TEACHERS = ("yunet", "scrfd", "centerface")
 REAL_FACE_TEACHER, REAL_FACE_TEACHER_CONF = "scrfd", 0.3
 
 
+def _f32_settings(**values):
+    """Pipeline settings for commands that build training data or calibrate a stored value: f32 on the
+    CPU whatever the CPU (``auto`` would take bf16 or int8 on some), so the same weights mine the same
+    hard negatives and fit the same heads on every machine."""
+    from ..onnx_runtime import engine_available
+    from ..pipeline import AnnotateSettings
+
+    engine = "openvino" if engine_available("openvino") else "torch"
+    return AnnotateSettings(device="cpu", write_video=False, backend=engine, **values)
+
+
 def _teacher(name: str, threshold: float, yunet_upscale: float = 2.0, scrfd_size: int = 640):
     """A third-party detector by name. YuNet misses small faces at 1x: labelling runs it at 2x,
     while the benchmark runs it as published (1x)."""
@@ -77,11 +88,11 @@ def data_hard_negatives(
     preview: Optional[Path] = typer.Option(None, "--preview", help="also draw the mined crops into this PNG"),
 ) -> None:
     """Background crops around the detector's false faces (hands, ears, textures) on the training images."""
-    from ..pipeline import AnnotateSettings, Models
+    from ..pipeline import Models
     from .train.widerface_data import draw_negatives_preview, mine_hard_negatives
 
     values = {k: v for k, v in dict(detector=detector, det_conf=det_conf).items() if v is not None}
-    models = Models.load(AnnotateSettings(device="cpu", write_video=False, closeups=False, **values))
+    models = Models.load(_f32_settings(closeups=False, **values))
     stats = mine_hard_negatives(dataset, models.detector, _teacher(teacher, teacher_conf), context=context)
     out.print(f"{stats['false_faces']} false faces on {stats['source_images']} of {stats['training_images']} "
               f"training images ({stats['detections']} detections): {stats['crops']} background crops in "
@@ -544,10 +555,9 @@ def eval_threshold(
     from ..embed import update_embedder_config
     from .evaluation.open_set import choose_threshold, open_set_histogram
     from .evaluation.videofaceid import gallery_open_set_scores
-    from ..pipeline import AnnotateSettings
 
     values = {k: v for k, v in dict(detector=detector, embedder=embedder).items() if v is not None}
-    settings = AnnotateSettings(device="cpu", write_video=False, **values)
+    settings = _f32_settings(**values)
     scores, known = gallery_open_set_scores(settings, gallery)
     try:
         threshold = round(choose_threshold(scores, max_unknown_named), 3)
@@ -649,14 +659,14 @@ def eval_face_quality(
     import cv2
 
     from ..embed_net import load_embedder_net
-    from ..pipeline import AnnotateSettings, Models
+    from ..pipeline import Models
     from ..embed import update_embedder_config
     from .evaluation.face_quality import (TRUE_LOSSES, calibrated_non_face_head, gather_detections, quality_report,
                                           stage_features)
     from .train.widerface_data import training_images
 
     values = {k: v for k, v in dict(detector=detector, det_conf=det_conf, embedder=embedder).items() if v is not None}
-    models = Models.load(AnnotateSettings(device="cpu", write_video=False, **values))
+    models = Models.load(_f32_settings(**values))
     network, network_config = load_embedder_net(models.embedder.weights_path)
     network.eval()
     records = training_images()[:limit]
