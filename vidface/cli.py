@@ -656,11 +656,11 @@ class _BatchDisplay:
 def _version_callback(value: bool) -> None:
     if value:
         from .device import resolve_device
-        from .pipeline import default_detector, resolve_backend
+        from .pipeline import resolve_backend
 
         device = resolve_device("auto")
         # what a bug report needs besides the version: the engine --backend auto takes on this machine
-        engine = resolve_backend("auto", device, default_detector())
+        engine = resolve_backend("auto", device)
         out.print(f"vidface {__version__} (--backend auto runs {engine} on {device})", markup=False, highlight=False)
         raise typer.Exit()
 

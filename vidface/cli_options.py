@@ -96,6 +96,6 @@ def check_redaction(redact: str | None, style: str) -> None:
 BackendOption = typer.Option("auto", "--backend", metavar="ENGINE",
                              help="inference engine: torch, onnx (ONNX Runtime), openvino, openvino-bf16 (faster "
                                   "on CPUs with BF16), openvino-int8 (the detector's shipped int8 network; all CPU "
-                                  "only but torch) or auto (on a CPU OpenVINO: bf16 where the CPU has it, else the "
-                                  "int8 detector on CPUs with VNNI where one matches the detector weights, else f32; ONNX Runtime "
-                                  "without OpenVINO; PyTorch on a GPU)")
+                                  "only but torch; faster on CPUs with VNNI, at a point of WIDER AP) or auto (on a CPU "
+                                  "OpenVINO: bf16 where the CPU has it, else f32; ONNX Runtime without OpenVINO; "
+                                  "PyTorch on a GPU)")

@@ -65,24 +65,6 @@ def cpu_computes_bf16() -> bool:
 _CPU_BF16: bool | None = None
 
 
-def cpu_computes_int8() -> bool:
-    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX, read from
-    ``/proc/cpuinfo``; False where it cannot be read). The int8 detector was measured on such a CPU;
-    without them OpenVINO emulates int8 products with saturating 16-bit sums, so ``auto`` keeps f32."""
-    global _CPU_INT8
-    if _CPU_INT8 is None:
-        try:
-            with open("/proc/cpuinfo") as info:
-                flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-        except OSError:
-            flags = []
-        _CPU_INT8 = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
-    return _CPU_INT8
-
-
-_CPU_INT8: bool | None = None
-
-
 def runner_for(engine: str, graph: Path, networks: int = 1):
     """The CPU runner of ``graph`` for ``engine`` (any of :data:`BACKENDS` but ``torch``); ``networks``: see
     :class:`OpenVinoRunner` (ONNX Runtime has no such cost)."""

@@ -32,7 +32,7 @@ REAL_FACE_TEACHER, REAL_FACE_TEACHER_CONF = "scrfd", 0.3
 
 def _f32_settings(**values):
     """Pipeline settings for commands that build training data or calibrate a stored value: f32 on the
-    CPU whatever the CPU (``auto`` would take bf16 or int8 on some), so the same weights mine the same
+    CPU whatever the CPU (``auto`` would take bf16 on some), so the same weights mine the same
     hard negatives and fit the same heads on every machine."""
     from ..onnx_runtime import engine_available
     from ..pipeline import AnnotateSettings
@@ -232,7 +232,7 @@ def quantise_detector_command(
                                                "it) [default: WEIGHTS-int8.xml beside the weights]"),
     imgsz: int = typer.Option(640, "--imgsz"),
 ) -> None:
-    """The detector's int8 network for ``--backend openvino-int8`` (and ``auto`` on CPUs without BF16),
+    """The detector's int8 network for ``--backend openvino-int8``,
     calibrated on WIDER training images (a seeded sample of train-subset, never val-eval). Run it last,
     after calibrate-detector: the graph is used only with the exact weights it was made from."""
     from .datasets import data_root, require
@@ -365,7 +365,7 @@ def _detector_fn(model: str, imgsz: int, conf: float, backend: str = "torch", ju
     from ..detect import FaceDetector
     from ..pipeline import resolve_backend
 
-    backend = resolve_backend(backend, "cpu", Path(model))
+    backend = resolve_backend(backend, "cpu")
     detector = FaceDetector(Path(model), "cpu", imgsz=imgsz, conf=conf, max_det=1000, backend=backend,
                             closeups=closeups)
     embedder = None
