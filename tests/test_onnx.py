@@ -158,7 +158,6 @@ def test_auto_takes_bf16_on_a_cpu_that_computes_it_else_f32_and_never_the_int8_d
     assert resolve_backend("openvino-int8", "cpu") == "openvino-int8"  # a named engine is taken as asked
 
 
-
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_commands_that_build_data_or_calibrate_compute_in_f32_whatever_the_cpu(monkeypatch, shipped_weights, has_bf16):
     from vidface import onnx_runtime
@@ -169,6 +168,7 @@ def test_commands_that_build_data_or_calibrate_compute_in_f32_whatever_the_cpu(m
     models = Models.load(_f32_settings(detector=shipped_weights[0], embedder=shipped_weights[1]))
     assert onnx_runtime.engine_precision(models.detector.backend, detector=True) == "f32"
     assert onnx_runtime.engine_precision(models.embedder.backend) == "f32"
+
 
 def test_batch_size_left_to_the_device_is_small_on_the_cpu(random_models):
     from vidface.pipeline import CPU_BATCH_SIZE, AnnotateSettings, Models
