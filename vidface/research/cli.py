@@ -33,11 +33,12 @@ REAL_FACE_TEACHER, REAL_FACE_TEACHER_CONF = "scrfd", 0.3
 def _f32_settings(**values):
     """Pipeline settings for commands that build training data or calibrate a stored value: f32 on the
     CPU whatever the CPU (``auto`` would take bf16 on some), so the same weights mine the same
-    hard negatives and fit the same heads on every machine."""
-    from ..onnx_runtime import engine_available
-    from ..pipeline import AnnotateSettings
+    hard negatives and fit the same heads on every machine: the first f32 engine ``auto`` would try."""
+    from ..onnx_runtime import engine_available, engine_precision
+    from ..pipeline import AUTO_ENGINES, AnnotateSettings
 
-    engine = "openvino" if engine_available("openvino") else "torch"
+    engine = next((engine for engine in AUTO_ENGINES if engine_precision(engine, detector=True) == "f32"
+                   and engine_available(engine)), "torch")
     return AnnotateSettings(device="cpu", write_video=False, backend=engine, **values)
 
 
