@@ -452,6 +452,42 @@ def test_mined_negatives_join_the_training_split_as_background_images(tmp_path, 
     assert widerface_data.draw_negatives_preview(dataset, tmp_path / "preview.png").exists()
 
 
+def test_event_balanced_split_lists_val_train_images_twice_and_resolves_as_ultralytics_reads_it(tmp_path):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import cv2
+
+    from vidface.offline import load_ultralytics
+    from vidface.research.train import widerface_data
+
+    dataset = tmp_path / "pose"
+    names = {"train": ["0_Parade_a", "2_Demonstration_b", "35--Basketball__c"], "train-negatives": ["0_Parade_a__negative0"],
+             "val": ["12--Group__held"]}
+    for split, stems in names.items():
+        for folder, suffix in (("images", ".jpg"), ("labels", ".txt")):
+            (dataset / folder / split).mkdir(parents=True)
+        for stem in stems:
+            cv2.imwrite(str(dataset / "images" / split / f"{stem}.jpg"), np.zeros((8, 8, 3), np.uint8))
+            (dataset / "labels" / split / f"{stem}.txt").write_text("")
+    (dataset / "data.yaml").write_text(f"path: {dataset}\ntrain: [images/train, images/train-negatives]\n"
+                                       "val: images/val\nnames:\n  0: face\n")
+    balanced = widerface_data.write_event_balanced_split(dataset, repeat=2)
+    text = balanced.read_text()
+    assert text.count("train:") == 1 and "val: images/val" in text and "names:" in text
+    load_ultralytics()
+    from ultralytics.data.base import BaseDataset
+    from ultralytics.data.utils import img2label_paths
+
+    listed = BaseDataset.get_img_files(SimpleNamespace(prefix="", fraction=1.0),
+                                       str(dataset / widerface_data.BALANCED_LIST))
+    stems = sorted(Path(f).stem for f in listed)
+    assert stems == sorted(["0_Parade_a", "2_Demonstration_b", "35--Basketball__c", "35--Basketball__c",
+                            "0_Parade_a__negative0"]), "val-train (event folder in the name) twice, the rest once"
+    assert all(Path(f).exists() for f in listed) and all(Path(f).exists() for f in img2label_paths(listed))
+    assert not any("held" in f for f in listed), "the hold-out never trains"
+
+
 def test_a_schedule_can_start_from_shipped_weights_with_a_fitted_projector(tmp_path):
     import cv2
 
@@ -583,3 +619,20 @@ def test_detector_training_computes_on_every_cpu_it_is_given():
     finally:
         torch_utils.NUM_THREADS = numbers
         torch.set_num_threads(before)
+
+
+def test_a_chosen_starting_rate_names_the_optimizer_that_honours_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vidface.research import cli
+    from vidface.research.train import detector
+
+    recipes = []
+    monkeypatch.setattr(detector, "train_detector", lambda data, run, recipe, **kwargs: recipes.append(recipe) or run)
+    runner = CliRunner()
+    common = ["detector", "--data", str(tmp_path / "data.yaml"), "--run", str(tmp_path / "run"), "--epochs", "8"]
+    assert runner.invoke(cli.train_app, common).exit_code == 0
+    assert runner.invoke(cli.train_app, common + ["--lr0", "0.001", "--warmup-epochs", "1"]).exit_code == 0
+    automatic, chosen = recipes
+    assert automatic.optimizer == "auto", "ultralytics' own choice unless a rate is given"
+    assert (chosen.optimizer, chosen.lr0, chosen.warmup_epochs, chosen.epochs) == ("AdamW", 0.001, 1.0, 8)

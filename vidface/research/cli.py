@@ -102,6 +102,19 @@ def data_hard_negatives(
         out.print(f"preview: {draw_negatives_preview(dataset, preview)}")
 
 
+@data_app.command("balance-events")
+def data_balance_events(
+    dataset: Path = typer.Option(Path("cache/widerface-pose"), "--dataset", help="pose data set from 'vidface data widerface'"),
+    repeat: int = typer.Option(2, "--repeat", min=1, help="times each val-train image (all 61 events) is listed"),
+) -> None:
+    """data-balanced.yaml: the training split with the images of WIDER's 58 less-covered events listed --repeat times."""
+    from .train.widerface_data import write_event_balanced_split
+
+    balanced = write_event_balanced_split(dataset, repeat)
+    listed = (balanced.parent / "train-balanced.txt").read_text().splitlines()
+    out.print(f"{balanced}: {len(listed)} training images listed ({len(set(listed))} distinct)")
+
+
 @data_app.command("wider-crops")
 def data_wider_crops(
     dataset: Path = typer.Option(Path("cache/widerface-pose"), "--from", help="pose data set from 'vidface data widerface'"),
@@ -171,6 +184,9 @@ def train_detector_command(
     close_mosaic: int = typer.Option(15, "--close-mosaic", help="train the last N epochs without mosaic"),
     mosaic: float = typer.Option(1.0, "--mosaic", help="share of batches built as 4-image mosaics (smaller faces)"),
     scale: float = typer.Option(0.5, "--scale", help="random zoom range, +-"),
+    lr0: Optional[float] = typer.Option(None, "--lr0", help="AdamW's starting rate [default: ultralytics' "
+                                        "automatic choice, AdamW at 0.002 for this data set's size]"),
+    warmup_epochs: float = typer.Option(3.0, "--warmup-epochs"),
     device: str = typer.Option("cpu", "--device", help="cpu, 0, 0,1 ..."),
     workers: int = typer.Option(4, "--workers"),
     resume: bool = typer.Option(False, "--resume", help="continue from RUN/weights/last.pt"),
@@ -184,7 +200,9 @@ def train_detector_command(
     from .train.detector import DetectorRecipe, train_detector
 
     recipe = DetectorRecipe(epochs=epochs, imgsz=imgsz, batch=batch, close_mosaic=close_mosaic, mosaic=mosaic,
-                            scale=scale)
+                            scale=scale, warmup_epochs=warmup_epochs)
+    if lr0 is not None:
+        recipe.optimizer, recipe.lr0 = "AdamW", lr0
     best = train_detector(data, run_dir, recipe, device=device, workers=workers, resume=resume, time_hours=hours,
                           init=init, threads=threads)
     out.print(f"best checkpoint: {best}")

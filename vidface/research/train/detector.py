@@ -22,6 +22,9 @@ class DetectorRecipe:
     epochs: int = 300
     imgsz: int = 640
     batch: int = 32
+    #: "auto": ultralytics picks the optimizer and its rate from the schedule's length (AdamW at 0.002 here)
+    #: and ignores ``lr0``; a named optimizer takes ``lr0``
+    optimizer: str = "auto"
     lr0: float = 0.01
     warmup_epochs: float = 3.0
     close_mosaic: int = 15

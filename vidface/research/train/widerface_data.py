@@ -346,3 +346,29 @@ def draw_negatives_preview(dataset_dir: Path, out_png: Path, count: int = 48, ti
     out_png.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out_png), np.vstack([np.hstack(tiles[i: i + 8]) for i in range(0, len(tiles), 8)]))
     return out_png
+
+
+BALANCED_LIST = "train-balanced.txt"
+
+
+def write_event_balanced_split(dataset_dir: Path, repeat: int = 2) -> Path:
+    """Write ``data-balanced.yaml``: the training split with each ``val-train`` image listed ``repeat`` times.
+
+    The official-train subset covers three of WIDER's 61 events (parade, handshaking, demonstration:
+    about 1,000 of the 1,450 training images); ``val-train`` images, the only ones of the other 58
+    events, are named ``<event>__<image>``. Listing them ``repeat`` times weighs the events more
+    evenly without adding any image. The hard negatives (if mined) are listed once, the hold-out is
+    unchanged. Returns the new yaml's path.
+    """
+    images = sorted((dataset_dir / "images" / "train").glob("*.jpg"))
+    negatives = sorted((dataset_dir / "images" / NEGATIVES_SPLIT).glob("*.jpg"))
+    listed = []
+    for image in images:
+        listed += [f"./images/train/{image.name}"] * (repeat if "__" in image.stem else 1)
+    listed += [f"./images/{NEGATIVES_SPLIT}/{image.name}" for image in negatives]
+    (dataset_dir / BALANCED_LIST).write_text("\n".join(listed) + "\n")
+    lines = [line for line in (dataset_dir / "data.yaml").read_text().splitlines() if not line.startswith("train:")]
+    lines.insert(1, f"train: {BALANCED_LIST}")
+    balanced = dataset_dir / "data-balanced.yaml"
+    balanced.write_text("\n".join(lines) + "\n")
+    return balanced
