@@ -34,9 +34,6 @@ def test_the_shipped_int8_detector_was_made_from_the_shipped_weights(shipped_wei
         "`vidface train quantise-detector` (after calibrate-detector)")
 
 
-@pytest.mark.xfail(strict=True, reason="the int8 network of the 640-px detector (2026-12-04) boxes a sample portrait "
-                   "differently from f32 (IoU 0.34) and costs a point of WIDER AP, which is why auto no longer takes it; "
-                   "a better quantisation recipe makes this pass (then drop the mark)")
 def test_the_int8_detector_finds_the_faces_the_f32_network_finds(shipped_weights):
     from vidface.detect import FaceDetector
     from vidface.structures import box_iou
