@@ -108,10 +108,10 @@ def data_balance_events(
     repeat: int = typer.Option(2, "--repeat", min=1, help="times each val-train image (all 61 events) is listed"),
 ) -> None:
     """data-balanced.yaml: the training split with the images of WIDER's 58 less-covered events listed --repeat times."""
-    from .train.widerface_data import write_event_balanced_split
+    from .train.widerface_data import BALANCED_LIST, write_event_balanced_split
 
     balanced = write_event_balanced_split(dataset, repeat)
-    listed = (balanced.parent / "train-balanced.txt").read_text().splitlines()
+    listed = (balanced.parent / BALANCED_LIST).read_text().splitlines()
     out.print(f"{balanced}: {len(listed)} training images listed ({len(set(listed))} distinct)")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ...files import write_text_atomic
 from ...structures import box_iou, greedy_matches
 from ..datasets import WiderImage, data_root, read_wider_gt, read_yolo_labelled
 
@@ -366,9 +367,7 @@ def write_event_balanced_split(dataset_dir: Path, repeat: int = 2) -> Path:
     for image in images:
         listed += [f"./images/train/{image.name}"] * (repeat if "__" in image.stem else 1)
     listed += [f"./images/{NEGATIVES_SPLIT}/{image.name}" for image in negatives]
-    (dataset_dir / BALANCED_LIST).write_text("\n".join(listed) + "\n")
+    write_text_atomic("\n".join(listed) + "\n", dataset_dir / BALANCED_LIST)
     lines = [line for line in (dataset_dir / "data.yaml").read_text().splitlines() if not line.startswith("train:")]
     lines.insert(1, f"train: {BALANCED_LIST}")
-    balanced = dataset_dir / "data-balanced.yaml"
-    balanced.write_text("\n".join(lines) + "\n")
-    return balanced
+    return write_text_atomic("\n".join(lines) + "\n", dataset_dir / "data-balanced.yaml")
