@@ -302,13 +302,18 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
             path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(path), rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
             names.append(f"people/p{person}/{index}.jpg")
+    for index in range(3):  # faces aligned as the pipeline aligns them: the shipped centre is their mean output
+        path = root / "faces" / "as-run" / f"{index}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), rng.integers(0, 255, (112, 112, 3), dtype=np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 100])
     teacher = tmp_path / "teacher.npz"
     vectors = rng.normal(size=(len(names), 128)).astype(np.float32)
     np.savez(teacher, names=np.array(names), embeddings=vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
     monkeypatch.setenv("VIDFACE_DATA", str(root))
     config = EmbedderTrainConfig(labelled_sets=["faces/people"], unlabelled_sets=[], teacher_cache=str(teacher),
                                  epochs=2, batch_size=3, eval_every=0, workers=0, threads=1, warmup_epochs=0.5,
-                                 arcface_weight=1.0, preload=True, channels_last=True, crop_normalisation="luminance")
+                                 arcface_weight=1.0, preload=True, channels_last=True, crop_normalisation="luminance",
+                                 centre_set="faces/as-run")
     run = tmp_path / "run"
 
     class Killed(Exception):
@@ -332,6 +337,11 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     shipped = json.loads((run / "embedder.json").read_text())
     assert (run / "embedder.safetensors").exists() and shipped["centre"]
     assert shipped["crop_normalisation"] == "luminance", "the runtime prepares crops as the run trained on them"
+    from vidface.embed import FaceEmbedder
+
+    as_run = [cv2.imread(str(path)) for path in sorted((root / "faces" / "as-run").iterdir())]
+    np.testing.assert_allclose(shipped["centre"], FaceEmbedder(run / "embedder.safetensors").raw(as_run).mean(axis=0),
+                               rtol=1e-4, atol=1e-4)
 
     from dataclasses import replace
 
@@ -636,3 +646,16 @@ def test_a_chosen_starting_rate_names_the_optimizer_that_honours_it(tmp_path, mo
     automatic, chosen = recipes
     assert automatic.optimizer == "auto", "ultralytics' own choice unless a rate is given"
     assert (chosen.optimizer, chosen.lr0, chosen.warmup_epochs, chosen.epochs) == ("AdamW", 0.001, 1.0, 8)
+
+
+def test_the_centre_set_is_checked_before_training_and_none_means_the_training_crops(tmp_path):
+    from vidface.errors import DataError
+    from vidface.research.train.embedder import EmbedderTrainConfig, centre_crops
+
+    training = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    assert centre_crops(EmbedderTrainConfig(centre_set=None), training, root=tmp_path) == training
+    with pytest.raises(DataError, match="nowhere"):
+        centre_crops(EmbedderTrainConfig(centre_set="faces/nowhere"), training, root=tmp_path)
+    (tmp_path / "faces" / "empty").mkdir(parents=True)
+    with pytest.raises(DataError, match="no aligned crops"):
+        centre_crops(EmbedderTrainConfig(centre_set="faces/empty"), training, root=tmp_path)
