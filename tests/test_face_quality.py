@@ -145,3 +145,21 @@ def test_the_stored_head_costs_the_asked_share_of_the_real_faces_it_judges():
     judged = height >= 32.0
     assert abs((logits[judged & ~false] > 0).mean() - 0.01) < 0.003
     assert (logits[judged & false] > 0).mean() > 0.2  # the head still catches false faces at that cost
+
+
+def test_two_detectors_detections_pool_into_one_sample_with_each_image_kept_together():
+    from vidface.research.evaluation.face_quality import pooled_samples
+
+    records = [SimpleNamespace(path=f"image{i}", boxes=np.array([[8, 8, 52, 62]], np.float32)) for i in range(3)]
+    teacher = lambda image: SimpleNamespace(boxes=np.zeros((0, 4), np.float32))  # noqa: E731
+    images = {f"image{i}": np.full((200, 200, 3), 30 * i, np.uint8) for i in range(3)}
+    first = gather_detections(records, TwoFacesDetector(), MeanColourEmbedder(), teacher, images.get)
+    second = gather_detections(records, TwoFacesDetector(), MeanColourEmbedder(), teacher, images.get)
+    second.score = second.score * 0.5  # tell the second detector's rows apart
+    pooled = pooled_samples([first, second])
+    assert len(pooled.false) == len(first.false) + len(second.false) == 12
+    assert pooled.false.tolist() == first.false.tolist() + second.false.tolist()
+    assert pooled.score.tolist() == first.score.tolist() + second.score.tolist()
+    assert pooled.raw.shape == (12, 3) and pooled.mid.shape[0] == 12
+    assert pooled.image.tolist() == [0, 0, 1, 1, 2, 2] * 2  # an image's detections share its index: one fold
+    assert pooled_samples([first]) is first

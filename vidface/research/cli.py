@@ -668,6 +668,10 @@ def eval_face_quality(
     det_conf: Optional[float] = DetConfOption,
     embedder: Optional[Path] = EmbedderOption,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first N training images"),
+    also_detectors: list[Path] = typer.Option([], "--also-detector", metavar="WEIGHTS",
+                                              help="other detector weights whose detections of the same images "
+                                              "(each at its own calibrated score) join the report and the fit: "
+                                              "more false faces to learn from; repeatable"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
     store: bool = typer.Option(False, "--store", help="fit the face/non-face head on the embedder's stage features "
                                "of every detection and store it in the embedder's config, calibrated to cost "
@@ -680,19 +684,27 @@ def eval_face_quality(
     from ..embed_net import load_embedder_net
     from ..pipeline import Models
     from ..embed import update_embedder_config
-    from .evaluation.face_quality import (TRUE_LOSSES, calibrated_non_face_head, gather_detections, quality_report,
-                                          stage_features)
+    from ..detect import FaceDetector
+    from .evaluation.face_quality import (TRUE_LOSSES, calibrated_non_face_head, gather_detections, pooled_samples,
+                                          quality_report, stage_features)
     from .train.widerface_data import training_images
 
     values = {k: v for k, v in dict(detector=detector, det_conf=det_conf, embedder=embedder).items() if v is not None}
     models = Models.load(_f32_settings(**values))
     network, network_config = load_embedder_net(models.embedder.weights_path)
     network.eval()
+    for path in also_detectors:
+        if not path.is_file():
+            raise typer.BadParameter(f"detector weights not found: {path}", param_hint="--also-detector")
+    detectors = [models.detector] + [FaceDetector(path, models.device, imgsz=models.detector.imgsz,
+                                                  closeups=models.detector.closeups, backend=models.detector.backend)
+                                     for path in also_detectors]
     records = training_images()[:limit]
-    sample = gather_detections(records, models.detector, models.embedder,
-                               _teacher(REAL_FACE_TEACHER, REAL_FACE_TEACHER_CONF),
-                               lambda path: cv2.imread(str(path)),
-                               mid_features=lambda crops: stage_features(network, network_config, crops))
+    teacher = _teacher(REAL_FACE_TEACHER, REAL_FACE_TEACHER_CONF)
+    sample = pooled_samples([gather_detections(records, detector, models.embedder, teacher,
+                                               lambda path: cv2.imread(str(path)),
+                                               mid_features=lambda crops: stage_features(network, network_config, crops))
+                             for detector in detectors])
     rows = quality_report(sample, models.embedder.config.centre)
     table = Table("cue", "faces from (px)", "real", "false",
                   *(f"false rejected at {loss:.1%} of real lost" for loss in TRUE_LOSSES))
@@ -702,7 +714,8 @@ def eval_face_quality(
     out.print(f"{len(sample.false)} detections on {len(records)} training images, {int(sample.false.sum())} false")
     out.print(table)
     if json_out:
-        write_json_atomic({"detector": str(models.detector.weights_path), "images": len(records),
+        write_json_atomic({"detector": str(models.detector.weights_path),
+                           "also_detectors": [str(path) for path in also_detectors], "images": len(records),
                            "detections": int(len(sample.false)), "rows": rows}, json_out)
     if store:
         least = models.embedder.config.non_face_min_height

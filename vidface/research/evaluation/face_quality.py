@@ -59,6 +59,16 @@ class QualitySample:
     mid: np.ndarray
 
 
+def pooled_samples(samples: list[QualitySample]) -> QualitySample:
+    """The detections of several :class:`QualitySample` of the same images (for example two detectors' weights)
+    as one; ``image`` keeps each image's index, so folds by image still keep an image's detections together."""
+    if len(samples) == 1:
+        return samples[0]
+    fields = ("false", "image", "height", "width", "score", "residual", "raw", "mid")
+    nonempty = [sample for sample in samples if len(sample.false)] or samples[:1]
+    return QualitySample(**{name: np.concatenate([getattr(sample, name) for sample in nonempty]) for name in fields})
+
+
 def stage_features(net, config, crops: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
     """``float32 (N, C)``: the channel means of the embedder network ``net``'s stage
     :data:`~vidface.embed.FACE_HEAD_STAGE` (:meth:`~vidface.embed_net.EmbedderNet.stage_output`, what the
